@@ -1,0 +1,180 @@
+"""torch state_dict <-> Equinox model, by name.
+
+The model's attribute paths are the state_dict keys (see `named_arrays`), so conversion is a
+checked rename: each key's shape, dtype and finiteness are verified, and tensors cross through
+DLPack, sharing memory where the layout allows.
+"""
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from jaxtyping import Array
+
+from ._adapt import adapt_input_conv
+from ._names import named_arrays, replace_arrays
+from ._report import ConversionError, LoadReport
+
+M = TypeVar("M")
+
+_JAX_TO_TORCH = {
+    jnp.dtype(jnp.float32): torch.float32,
+    jnp.dtype(jnp.float16): torch.float16,
+    jnp.dtype(jnp.bfloat16): torch.bfloat16,
+    jnp.dtype(jnp.float64): torch.float64,
+    # JAX keeps integers in 32 bits unless x64 is enabled; torch's BatchNorm counter is int64.
+    jnp.dtype(jnp.int32): torch.int64,
+    jnp.dtype(jnp.int64): torch.int64,
+}
+
+
+def torch_dtype_for(array: Array) -> torch.dtype:
+    """The torch dtype a model array is stored as in a state_dict."""
+    return _JAX_TO_TORCH[jnp.dtype(array.dtype)]
+
+
+def torch_to_jax(tensor: torch.Tensor, dtype: Any = None, *, copy: bool = False) -> jax.Array:
+    """A torch tensor as a JAX array, through DLPack: zero-copy when the tensor is contiguous
+    and aligned, else one copy. `dtype` casts first (used for the int64 -> int32 counter)."""
+    tensor = tensor.detach()
+    if dtype is not None and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    try:
+        array = jax.dlpack.from_dlpack(tensor)
+    except Exception:  # unsupported layout or alignment: copy rather than fail
+        array = jax.dlpack.from_dlpack(tensor.clone())
+    return jnp.array(array, copy=True) if copy else array
+
+
+def jax_to_torch(array: jax.Array, dtype: torch.dtype | None = None, *, copy: bool = False
+                 ) -> torch.Tensor:
+    """A JAX array as a torch tensor, through DLPack (zero-copy unless `copy` or a cast)."""
+    tensor = torch.from_dlpack(array)
+    if dtype is not None and tensor.dtype != dtype:
+        return tensor.to(dtype)
+    return tensor.clone() if copy else tensor
+
+
+def _as_tensor(value: Any, key: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray | jax.Array):
+        return torch.from_numpy(np.asarray(value))
+    raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+
+
+def _strip_data_parallel_prefix(state_dict: Mapping[str, Any], names: Mapping) -> Mapping:
+    # `nn.DataParallel`/DDP checkpoints prefix every key with "module." (timm strips it too).
+    if state_dict and all(k.startswith("module.") for k in state_dict) and not any(
+        n.startswith("module.") for n in names
+    ):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_state_dict(
+    model: M,
+    state_dict: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    adapt: bool = False,
+    first_conv: str | None = None,
+    classifier: str | None = None,
+    copy: bool = False,
+    check_finite: bool = True,
+) -> tuple[M, LoadReport]:
+    """Load a torch state_dict (torchvision, timm, or the zoo's CNN twin) into an Equinox model.
+
+    **Arguments:**
+
+    - `model`: the template; its arrays fix the expected keys, shapes and dtypes.
+    - `state_dict`: `{key: tensor}` with torch's names (a `module.` prefix is stripped).
+    - `strict`: raise `ConversionError` on any missing, unexpected, mis-shaped, mis-typed or
+      non-finite entry. With `strict=False` what fits is loaded and the rest reported.
+    - `adapt`: let a differing classifier shape re-initialise the head (the template's values
+      are kept) and a differing first-conv channel count be adapted by timm's rule.
+    - `first_conv`, `classifier`: module names for `adapt` (default: the model class's
+      `first_conv` / `classifier` attributes, timm's names for them).
+    - `copy`: copy every tensor. By default tensors are shared with the state_dict where
+      DLPack allows, so in-place changes to the source tensors show in the model.
+    - `check_finite`: treat NaN/inf in a tensor as a problem.
+
+    **Returns:** `(model, report)`: the loaded model and a `LoadReport`.
+    """
+    names = named_arrays(model)
+    state_dict = _strip_data_parallel_prefix(state_dict, names)
+    first_conv = first_conv or getattr(type(model), "first_conv", None)
+    classifier = classifier or getattr(type(model), "classifier", None)
+    report = LoadReport()
+    new: dict[str, jax.Array] = {}
+    for name, target in names.items():
+        if name not in state_dict:
+            report.missing_keys.append(name)
+            continue
+        tensor = _as_tensor(state_dict[name], name)
+        expected_dtype = torch_dtype_for(target)
+        if tuple(tensor.shape) != tuple(target.shape):
+            if adapt and classifier and name.startswith(classifier + "."):
+                report.reinitialized.append(name)
+                continue
+            if (
+                adapt
+                and first_conv
+                and name == f"{first_conv}.weight"
+                and tensor.ndim == 4
+                and tensor.shape[0] == target.shape[0]
+                and tensor.shape[2:] == target.shape[2:]
+            ):
+                tensor = adapt_input_conv(target.shape[1], tensor)
+                report.adapted.append(name)
+            else:
+                report.shape_mismatches[name] = (tuple(target.shape), tuple(tensor.shape))
+                continue
+        if tensor.dtype != expected_dtype:
+            report.dtype_mismatches[name] = (str(expected_dtype), str(tensor.dtype))
+            continue
+        if check_finite and not _all_finite(tensor):
+            report.non_finite.append(name)
+            continue
+        new[name] = torch_to_jax(tensor, dtype=_jax_storage_dtype(target), copy=copy)
+    report.unexpected_keys = [k for k in state_dict if k not in names]
+    if strict and not report.ok:
+        raise ConversionError(
+            report,
+            "Pass strict=False to load what fits and get the report; for another num_classes "
+            "or in_chans pass adapt=True (zoo.load does).",
+        )
+    return replace_arrays(model, new), report
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if not tensor.is_floating_point():
+        return True
+    # A finite sum implies finite elements (NaN and inf propagate), and costs no temporary;
+    # only a non-finite sum (a real NaN, or an overflow) pays for the element-wise check.
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def _jax_storage_dtype(target: Array) -> torch.dtype | None:
+    # The counter crosses as int32 (JAX without x64); floats cross as they are.
+    return torch.int32 if jnp.dtype(target.dtype) == jnp.int32 else None
+
+
+def to_state_dict(model: Any, *, copy: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """The model's arrays as a torch state_dict: torchvision's keys, order and dtypes
+    (`num_batches_tracked` as int64). `torchvision.models.resnet18().load_state_dict(...,
+    strict=True)` accepts the result.
+
+    By default float tensors share memory with the JAX arrays (JAX treats them as
+    immutable: do not write to them in place, or pass `copy=True`).
+    """
+    return OrderedDict(
+        (name, jax_to_torch(array, torch_dtype_for(array), copy=copy))
+        for name, array in named_arrays(model).items()
+    )

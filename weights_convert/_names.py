@@ -1,0 +1,67 @@
+"""Torch-style names for the arrays of an Equinox model: the attribute path, dotted.
+
+`model.layer1[0].bn1.running_mean` is named `layer1.0.bn1.running_mean`, torchvision's
+state_dict key for the same tensor. Non-array leaves (flags such as `inference`) have no name.
+"""
+
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+from jaxtyping import Array, PyTree
+
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def _path_to_name(path: tuple) -> str:
+    parts = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.GetAttrKey):
+            parts.append(entry.name)
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            parts.append(str(entry.idx))
+        elif isinstance(entry, jax.tree_util.DictKey):
+            parts.append(str(entry.key))
+        else:  # FlattenedIndexKey and friends: not part of the torch naming scheme
+            parts.append(str(getattr(entry, "key", entry)))
+    return ".".join(parts)
+
+
+def named_arrays(model: PyTree) -> dict[str, Array]:
+    """Every array of `model` under its torch state_dict name, in state_dict order
+    (field declaration order, which the models keep equal to torch's registration order)."""
+    leaves = jax.tree_util.tree_flatten_with_path(model)[0]
+    return {_path_to_name(path): leaf for path, leaf in leaves if eqx.is_array(leaf)}
+
+
+def is_buffer_name(name: str) -> bool:
+    """True for BatchNorm buffers (state), False for trainable parameters."""
+    return name.rsplit(".", 1)[-1] in BUFFER_NAMES
+
+
+def replace_arrays(model: PyTree, new: Mapping[str, Array]) -> PyTree:
+    """Return `model` with the arrays named in `new` replaced; other leaves untouched."""
+    if not new:
+        return model
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(model)
+    out = []
+    for path, leaf in leaves:
+        name = _path_to_name(path) if eqx.is_array(leaf) else None
+        out.append(new[name] if name in new else leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def split_params_buffers(model: PyTree) -> tuple[PyTree, PyTree, PyTree]:
+    """Partition into `(params, buffers, static)`: two pytrees holding the trainable arrays and
+    the BatchNorm buffers (the other leaves `None`), and the non-array rest.
+    Recombine with `equinox.combine(params, buffers, static)`."""
+    dynamic, static = eqx.partition(model, eqx.is_array)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(dynamic)
+    is_buf = [is_buffer_name(_path_to_name(p)) for p, _ in leaves]
+    params = [None if b else leaf for (_, leaf), b in zip(leaves, is_buf, strict=True)]
+    buffers = [leaf if b else None for (_, leaf), b in zip(leaves, is_buf, strict=True)]
+    return (
+        jax.tree_util.tree_unflatten(treedef, params),
+        jax.tree_util.tree_unflatten(treedef, buffers),
+        static,
+    )

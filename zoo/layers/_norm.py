@@ -1,0 +1,99 @@
+"""BatchNorm with torch's exact semantics, its buffers held as fields named like torch's."""
+
+from typing import Self
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+class BatchNorm2d(eqx.Module):
+    """`torch.nn.BatchNorm2d` for NCHW batches, buffers included.
+
+    Why not `equinox.nn.BatchNorm`: its `ema` mode is not torch's update, its `batch` mode
+    debiases by a counter (which breaks on ported statistics), and it stores the biased
+    variance. This layer follows torch exactly:
+
+    - train mode (`inference=False`): normalise with the batch mean and *biased* variance;
+      update `running_mean`/`running_var` as `(1 - momentum) * old + momentum * new` with the
+      *unbiased* batch variance; add one to `num_batches_tracked`. With `momentum=None` the
+      update is the cumulative average `1 / num_batches_tracked`, as in torch.
+    - eval mode (`inference=True`): normalise with the running statistics.
+
+    Buffers are ordinary fields, so their attribute paths are torch's state_dict keys. A call
+    returns the output and the layer with its updated buffers: `y, bn = bn(x)`.
+
+    **Arguments:**
+
+    - `num_features`: the channel count `C`.
+    - `eps`, `momentum`: as in torch (`1e-5`, `0.1`).
+    - `inference`: start in eval mode. Toggle with `zoo.eval_mode` / `zoo.train_mode`.
+    """
+
+    weight: Float[Array, " channels"]
+    bias: Float[Array, " channels"]
+    running_mean: Float[Array, " channels"]
+    running_var: Float[Array, " channels"]
+    # int32 here (JAX's default integer); exported back to torch as int64.
+    num_batches_tracked: Int[Array, ""]
+    # Static, so plain `jax.jit`/`jax.grad` see no bool leaf; flip with `zoo.eval_mode`.
+    inference: bool = eqx.field(static=True)
+    num_features: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    momentum: float | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        *,
+        inference: bool = False,
+    ):
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.inference = inference
+        self.weight = jnp.ones((num_features,), jnp.float32)
+        self.bias = jnp.zeros((num_features,), jnp.float32)
+        self.running_mean = jnp.zeros((num_features,), jnp.float32)
+        self.running_var = jnp.ones((num_features,), jnp.float32)
+        self.num_batches_tracked = jnp.zeros((), jnp.int32)
+
+    def __call__(
+        self, x: Float[Array, "batch channels height width"]
+    ) -> tuple[Float[Array, "batch channels height width"], Self]:
+        if self.inference:
+            return self._normalise(x, self.running_mean, self.running_var), self
+        # Statistics in at least fp32, as torch does for half inputs.
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        xs = x.astype(stat_dtype)
+        mean = jnp.mean(xs, axis=(0, 2, 3))
+        var = jnp.mean(jnp.square(xs - mean[None, :, None, None]), axis=(0, 2, 3))
+        count = x.size // x.shape[1]
+        if count < 2:
+            raise ValueError(
+                "BatchNorm2d in train mode needs more than one value per channel "
+                f"(got input of shape {x.shape}); use a batch larger than 1 or eval mode."
+            )
+        num_batches = self.num_batches_tracked + 1
+        factor = 1.0 / num_batches if self.momentum is None else self.momentum
+        unbiased_var = var * (count / (count - 1))
+        new_mean = (1 - factor) * self.running_mean + factor * mean
+        new_var = (1 - factor) * self.running_var + factor * unbiased_var
+        updated = eqx.tree_at(
+            lambda bn: (bn.running_mean, bn.running_var, bn.num_batches_tracked),
+            self,
+            (
+                new_mean.astype(self.running_mean.dtype),
+                new_var.astype(self.running_var.dtype),
+                num_batches.astype(self.num_batches_tracked.dtype),
+            ),
+        )
+        return self._normalise(xs, mean, var).astype(x.dtype), updated
+
+    def _normalise(self, x: Array, mean: Array, var: Array) -> Array:
+        inv = 1.0 / jnp.sqrt(var + self.eps)
+        scale = (self.weight * inv).astype(x.dtype)
+        shift = (self.bias - mean * self.weight * inv).astype(x.dtype)
+        return x * scale[None, :, None, None] + shift[None, :, None, None]

@@ -1,0 +1,19 @@
+"""Equinox models whose attribute paths are torchvision's state_dict keys."""
+
+from ._cnn import SmallCNN as SmallCNN, small_cnn as small_cnn
+from ._cnn_torch import SmallCNNTorch as SmallCNNTorch
+from ._resnet import (
+    BasicBlock as BasicBlock,
+    Bottleneck as Bottleneck,
+    ResNet as ResNet,
+    resnet18 as resnet18,
+    resnet34 as resnet34,
+    resnet50 as resnet50,
+    resnet101 as resnet101,
+    resnet152 as resnet152,
+    resnext50_32x4d as resnext50_32x4d,
+    resnext101_32x8d as resnext101_32x8d,
+    resnext101_64x4d as resnext101_64x4d,
+    wide_resnet50_2 as wide_resnet50_2,
+    wide_resnet101_2 as wide_resnet101_2,
+)

@@ -1,0 +1,343 @@
+"""ResNet, ResNeXt and Wide ResNet mirroring `torchvision.models.resnet`.
+
+Attribute paths equal torchvision's state_dict keys (`layer2.0.downsample.1.running_var`), so
+weight conversion is a rename. A call returns `(logits, model)`: the model carries the updated
+BatchNorm buffers in train mode and is returned unchanged in eval mode.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import ClassVar, Self
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d
+from ..layers import kaiming_normal_fan_out as _kaiming
+from ._checks import check_image_batch
+
+
+def _keys(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
+    while True:
+        key, sub = jax.random.split(key)
+        yield sub
+
+
+def _conv(
+    keys: Iterator[PRNGKeyArray],
+    in_planes: int,
+    out_planes: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    dilation: int = 1,
+) -> Conv2d:
+    conv = Conv2d(
+        in_planes, out_planes, kernel, stride, padding, dilation, groups, bias=False, key=next(keys)
+    )
+    # torchvision re-initialises every conv with kaiming_normal_(mode="fan_out", relu).
+    return eqx.tree_at(lambda c: c.weight, conv, _kaiming(next(keys), conv.weight.shape))
+
+
+def _conv3x3(keys, in_planes, out_planes, stride=1, groups=1, dilation=1) -> Conv2d:
+    return _conv(keys, in_planes, out_planes, 3, stride, dilation, groups, dilation)
+
+
+def _conv1x1(keys, in_planes, out_planes, stride=1) -> Conv2d:
+    return _conv(keys, in_planes, out_planes, 1, stride)
+
+
+Downsample = tuple[Conv2d, BatchNorm2d]
+
+
+def _is_none(x: object) -> bool:
+    return x is None
+
+
+def _downsample(x: Array, downsample: Downsample | None) -> tuple[Array, Downsample | None]:
+    if downsample is None:
+        return x, None
+    conv, bn = downsample
+    y, bn = bn(conv(x))
+    return y, (conv, bn)
+
+
+class BasicBlock(eqx.Module):
+    """torchvision's `BasicBlock`: two 3x3 convolutions and an identity (or 1x1) shortcut."""
+
+    expansion: ClassVar[int] = 1
+    conv1: Conv2d
+    bn1: BatchNorm2d
+    conv2: Conv2d
+    bn2: BatchNorm2d
+    downsample: Downsample | None
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Downsample | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        *,
+        keys: Iterator[PRNGKeyArray],
+    ):
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        if dilation > 1:
+            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
+        self.conv1 = _conv3x3(keys, inplanes, planes, stride)
+        self.bn1 = BatchNorm2d(planes)
+        self.conv2 = _conv3x3(keys, planes, planes)
+        self.bn2 = BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def __call__(self, x: Array) -> tuple[Array, Self]:
+        out, bn1 = self.bn1(self.conv1(x))
+        out, bn2 = self.bn2(self.conv2(jax.nn.relu(out)))
+        identity, downsample = _downsample(x, self.downsample)
+        new = eqx.tree_at(
+            lambda b: (b.bn1, b.bn2, b.downsample), self, (bn1, bn2, downsample), is_leaf=_is_none
+        )
+        return jax.nn.relu(out + identity), new
+
+
+class Bottleneck(eqx.Module):
+    """torchvision's `Bottleneck` (ResNet v1.5: the stride sits on the 3x3 convolution)."""
+
+    expansion: ClassVar[int] = 4
+    conv1: Conv2d
+    bn1: BatchNorm2d
+    conv2: Conv2d
+    bn2: BatchNorm2d
+    conv3: Conv2d
+    bn3: BatchNorm2d
+    downsample: Downsample | None
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Downsample | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        *,
+        keys: Iterator[PRNGKeyArray],
+    ):
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = _conv1x1(keys, inplanes, width)
+        self.bn1 = BatchNorm2d(width)
+        self.conv2 = _conv3x3(keys, width, width, stride, groups, dilation)
+        self.bn2 = BatchNorm2d(width)
+        self.conv3 = _conv1x1(keys, width, planes * self.expansion)
+        self.bn3 = BatchNorm2d(planes * self.expansion)
+        self.downsample = downsample
+
+    def __call__(self, x: Array) -> tuple[Array, Self]:
+        out, bn1 = self.bn1(self.conv1(x))
+        out, bn2 = self.bn2(self.conv2(jax.nn.relu(out)))
+        out, bn3 = self.bn3(self.conv3(jax.nn.relu(out)))
+        identity, downsample = _downsample(x, self.downsample)
+        new = eqx.tree_at(
+            lambda b: (b.bn1, b.bn2, b.bn3, b.downsample),
+            self,
+            (bn1, bn2, bn3, downsample),
+            is_leaf=_is_none,
+        )
+        return jax.nn.relu(out + identity), new
+
+
+Block = BasicBlock | Bottleneck
+
+
+def _run_layer(x: Array, layer: tuple[Block, ...]) -> tuple[Array, tuple[Block, ...]]:
+    new_blocks = []
+    for block in layer:
+        x, block = block(x)
+        new_blocks.append(block)
+    return x, tuple(new_blocks)
+
+
+class ResNet(eqx.Module):
+    """torchvision's `ResNet`, as an Equinox module over NCHW batches.
+
+    **Arguments:**
+
+    - `block`: `BasicBlock` or `Bottleneck`.
+    - `layers`: blocks per stage, e.g. `(2, 2, 2, 2)` for ResNet18.
+    - `num_classes`, `zero_init_residual`, `groups`, `width_per_group`,
+      `replace_stride_with_dilation`: as in torchvision.
+    - `in_chans`: input channels (3 in torchvision).
+    - `key`: PRNG key for the initialisation (torchvision's scheme).
+
+    **Returns** (of a call `model(x)`): `(logits, model)`, the second carrying the updated
+    BatchNorm buffers in train mode. Use `zoo.eval_mode(model)` for inference.
+    """
+
+    # timm's pretrained_cfg names: where the converter adapts in_chans and num_classes.
+    first_conv: ClassVar[str] = "conv1"
+    classifier: ClassVar[str] = "fc"
+    conv1: Conv2d
+    bn1: BatchNorm2d
+    maxpool: MaxPool2d
+    layer1: tuple[Block, ...]
+    layer2: tuple[Block, ...]
+    layer3: tuple[Block, ...]
+    layer4: tuple[Block, ...]
+    avgpool: AdaptiveAvgPool2d
+    fc: Linear
+    in_chans: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    num_features: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+        groups: int = 1,
+        width_per_group: int = 64,
+        replace_stride_with_dilation: Sequence[bool] | None = None,
+        in_chans: int = 3,
+        *,
+        key: PRNGKeyArray,
+    ):
+        keys = _keys(key)
+        if replace_stride_with_dilation is None:
+            replace_stride_with_dilation = [False, False, False]
+        if len(replace_stride_with_dilation) != 3:
+            raise ValueError(
+                "replace_stride_with_dilation should be None or a 3-element tuple, got "
+                f"{replace_stride_with_dilation}"
+            )
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.conv1 = _conv(keys, in_chans, 64, 7, 2, 3)
+        self.bn1 = BatchNorm2d(64)
+        self.maxpool = MaxPool2d(3, 2, 1)
+        self.avgpool = AdaptiveAvgPool2d()
+
+        inplanes, dilation = 64, 1
+
+        def make_layer(planes: int, blocks: int, stride: int, dilate: bool) -> tuple[Block, ...]:
+            nonlocal inplanes, dilation
+            previous_dilation = dilation
+            if dilate:
+                dilation *= stride
+                stride = 1
+            downsample = None
+            if stride != 1 or inplanes != planes * block.expansion:
+                downsample = (
+                    _conv1x1(keys, inplanes, planes * block.expansion, stride),
+                    BatchNorm2d(planes * block.expansion),
+                )
+            out = [
+                block(inplanes, planes, stride, downsample, groups, width_per_group,
+                      previous_dilation, keys=keys)
+            ]
+            inplanes = planes * block.expansion
+            for _ in range(1, blocks):
+                out.append(
+                    block(inplanes, planes, groups=groups, base_width=width_per_group,
+                          dilation=dilation, keys=keys)
+                )
+            if zero_init_residual:
+                # Each residual branch starts as the identity (torchvision's option).
+                last_bn = "bn3" if block is Bottleneck else "bn2"
+                out = [
+                    eqx.tree_at(lambda b: getattr(b, last_bn).weight, b,
+                                jnp.zeros_like(getattr(b, last_bn).weight))
+                    for b in out
+                ]
+            return tuple(out)
+
+        self.layer1 = make_layer(64, layers[0], 1, False)
+        self.layer2 = make_layer(128, layers[1], 2, replace_stride_with_dilation[0])
+        self.layer3 = make_layer(256, layers[2], 2, replace_stride_with_dilation[1])
+        self.layer4 = make_layer(512, layers[3], 2, replace_stride_with_dilation[2])
+        self.num_features = 512 * block.expansion
+        self.fc = Linear(self.num_features, num_classes, key=next(keys))
+
+    def __call__(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "batch num_classes"], Self]:
+        del key  # no randomness in a ResNet; accepted so every zoo model shares one signature
+        check_image_batch(x, self.in_chans, type(self).__name__)
+        x, bn1 = self.bn1(self.conv1(x))
+        x = self.maxpool(jax.nn.relu(x))
+        x, layer1 = _run_layer(x, self.layer1)
+        x, layer2 = _run_layer(x, self.layer2)
+        x, layer3 = _run_layer(x, self.layer3)
+        x, layer4 = _run_layer(x, self.layer4)
+        x = self.avgpool(x).reshape(x.shape[0], -1)
+        logits = self.fc(x)
+        new = eqx.tree_at(
+            lambda m: (m.bn1, m.layer1, m.layer2, m.layer3, m.layer4),
+            self,
+            (bn1, layer1, layer2, layer3, layer4),
+        )
+        return logits, new
+
+
+def _resnet(block, layers, key: PRNGKeyArray | None, **kwargs) -> ResNet:
+    return ResNet(block, layers, key=jax.random.key(0) if key is None else key, **kwargs)
+
+
+def resnet18(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNet-18 (torchvision `resnet18`). `key` defaults to `jax.random.key(0)`."""
+    return _resnet(BasicBlock, (2, 2, 2, 2), key, **kwargs)
+
+
+def resnet34(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNet-34 (torchvision `resnet34`)."""
+    return _resnet(BasicBlock, (3, 4, 6, 3), key, **kwargs)
+
+
+def resnet50(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNet-50 (torchvision `resnet50`, v1.5)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), key, **kwargs)
+
+
+def resnet101(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNet-101 (torchvision `resnet101`)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), key, **kwargs)
+
+
+def resnet152(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNet-152 (torchvision `resnet152`)."""
+    return _resnet(Bottleneck, (3, 8, 36, 3), key, **kwargs)
+
+
+def resnext50_32x4d(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNeXt-50 32x4d (torchvision `resnext50_32x4d`)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), key, groups=32, width_per_group=4, **kwargs)
+
+
+def resnext101_32x8d(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNeXt-101 32x8d (torchvision `resnext101_32x8d`)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), key, groups=32, width_per_group=8, **kwargs)
+
+
+def resnext101_64x4d(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """ResNeXt-101 64x4d (torchvision `resnext101_64x4d`)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), key, groups=64, width_per_group=4, **kwargs)
+
+
+def wide_resnet50_2(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """Wide ResNet-50-2 (torchvision `wide_resnet50_2`)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), key, width_per_group=128, **kwargs)
+
+
+def wide_resnet101_2(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
+    """Wide ResNet-101-2 (torchvision `wide_resnet101_2`)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), key, width_per_group=128, **kwargs)
