@@ -52,8 +52,9 @@ def torch_to_jax(tensor: torch.Tensor, dtype: Any = None, *, copy: bool = False)
     return jnp.array(array, copy=True) if copy else array
 
 
-def jax_to_torch(array: jax.Array, dtype: torch.dtype | None = None, *, copy: bool = False
-                 ) -> torch.Tensor:
+def jax_to_torch(
+    array: jax.Array, dtype: torch.dtype | None = None, *, copy: bool = False
+) -> torch.Tensor:
     """A JAX array as a torch tensor, through DLPack (zero-copy unless `copy` or a cast)."""
     tensor = torch.from_dlpack(array)
     if dtype is not None and tensor.dtype != dtype:
@@ -71,10 +72,12 @@ def _as_tensor(value: Any, key: str) -> torch.Tensor:
 
 def _strip_data_parallel_prefix(state_dict: Mapping[str, Any], names: Mapping) -> Mapping:
     # `nn.DataParallel`/DDP checkpoints prefix every key with "module." (timm strips it too).
-    if state_dict and all(k.startswith("module.") for k in state_dict) and not any(
-        n.startswith("module.") for n in names
+    if (
+        state_dict
+        and all(k.startswith("module.") for k in state_dict)
+        and not any(n.startswith("module.") for n in names)
     ):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 

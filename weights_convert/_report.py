@@ -41,14 +41,20 @@ class LoadReport:
 
     def problems(self) -> list[str]:
         """One line per problem, naming the key and what was expected."""
-        lines = [f"missing key {k!r}: the state_dict has no entry for it" for k in
-                 self.missing_keys]
-        lines += [f"unexpected key {k!r}: the model has no such array" for k in
-                  self.unexpected_keys]
-        lines += [f"shape mismatch for {k!r}: expected {tuple(e)}, got {tuple(g)}"
-                  for k, (e, g) in self.shape_mismatches.items()]
-        lines += [f"dtype mismatch for {k!r}: expected {e}, got {g}"
-                  for k, (e, g) in self.dtype_mismatches.items()]
+        lines = [
+            f"missing key {k!r}: the state_dict has no entry for it" for k in self.missing_keys
+        ]
+        lines += [
+            f"unexpected key {k!r}: the model has no such array" for k in self.unexpected_keys
+        ]
+        lines += [
+            f"shape mismatch for {k!r}: expected {tuple(e)}, got {tuple(g)}"
+            for k, (e, g) in self.shape_mismatches.items()
+        ]
+        lines += [
+            f"dtype mismatch for {k!r}: expected {e}, got {g}"
+            for k, (e, g) in self.dtype_mismatches.items()
+        ]
         lines += [f"non-finite values (NaN or inf) in {k!r}" for k in self.non_finite]
         return lines
 

@@ -87,7 +87,4 @@ class Conv2d(eqx.Module):
         return y
 
 
-
-
 __all__ = ["Conv2d"]
-

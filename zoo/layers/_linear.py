@@ -30,9 +30,7 @@ class Linear(eqx.Module):
         self.weight = torch_default_uniform(wkey, (out_features, in_features), in_features)
         self.bias = torch_default_uniform(bkey, (out_features,), in_features) if bias else None
 
-    def __call__(
-        self, x: Float[Array, "batch in_features"]
-    ) -> Float[Array, "batch out_features"]:
+    def __call__(self, x: Float[Array, "batch in_features"]) -> Float[Array, "batch out_features"]:
         y = x @ self.weight.astype(x.dtype).T
         if self.bias is not None:
             y = y + self.bias.astype(y.dtype)

@@ -5,7 +5,7 @@ from jaxtyping import Array
 
 
 def check_image_batch(x: Array, in_chans: int, model_name: str) -> None:
-    """Raise a `ValueError`/`TypeError` unless `x` is a floating NCHW batch with `in_chans` channels."""
+    """Raise unless `x` is a floating NCHW batch with `in_chans` channels."""
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != 4:
         got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
@@ -15,7 +15,8 @@ def check_image_batch(x: Array, in_chans: int, model_name: str) -> None:
             f"got {got}{hint}."
         )
     if shape[1] != in_chans:
-        hint = " (NHWC input? transpose with x.transpose(0, 3, 1, 2))" if shape[-1] == in_chans else ""
+        nhwc = shape[-1] == in_chans
+        hint = " (NHWC input? transpose with x.transpose(0, 3, 1, 2))" if nhwc else ""
         raise ValueError(
             f"{model_name} expects {in_chans} input channels at axis 1; got shape "
             f"{tuple(shape)}{hint}. Build the model with in_chans={shape[1]} to change it."

@@ -13,8 +13,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d
-from ..layers import kaiming_normal_fan_out as _kaiming
+from ..layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Linear,
+    MaxPool2d,
+    kaiming_normal_fan_out as _kaiming,
+)
 from ._checks import check_image_batch
 
 
@@ -239,21 +245,38 @@ class ResNet(eqx.Module):
                     BatchNorm2d(planes * block.expansion),
                 )
             out = [
-                block(inplanes, planes, stride, downsample, groups, width_per_group,
-                      previous_dilation, keys=keys)
+                block(
+                    inplanes,
+                    planes,
+                    stride,
+                    downsample,
+                    groups,
+                    width_per_group,
+                    previous_dilation,
+                    keys=keys,
+                )
             ]
             inplanes = planes * block.expansion
             for _ in range(1, blocks):
                 out.append(
-                    block(inplanes, planes, groups=groups, base_width=width_per_group,
-                          dilation=dilation, keys=keys)
+                    block(
+                        inplanes,
+                        planes,
+                        groups=groups,
+                        base_width=width_per_group,
+                        dilation=dilation,
+                        keys=keys,
+                    )
                 )
             if zero_init_residual:
                 # Each residual branch starts as the identity (torchvision's option).
                 last_bn = "bn3" if block is Bottleneck else "bn2"
                 out = [
-                    eqx.tree_at(lambda b: getattr(b, last_bn).weight, b,
-                                jnp.zeros_like(getattr(b, last_bn).weight))
+                    eqx.tree_at(
+                        lambda b: getattr(b, last_bn).weight,
+                        b,
+                        jnp.zeros_like(getattr(b, last_bn).weight),
+                    )
                     for b in out
                 ]
             return tuple(out)
