@@ -89,7 +89,7 @@ def load_state_dict(
     adapt: bool = False,
     first_conv: str | None = None,
     classifier: str | None = None,
-    copy: bool = False,
+    copy: bool = True,
     check_finite: bool = True,
 ) -> tuple[M, LoadReport]:
     """Load a torch state_dict (torchvision, timm, or the zoo's CNN twin) into an Equinox model.
@@ -104,8 +104,10 @@ def load_state_dict(
       are kept) and a differing first-conv channel count be adapted by timm's rule.
     - `first_conv`, `classifier`: module names for `adapt` (default: the model class's
       `first_conv` / `classifier` attributes, timm's names for them).
-    - `copy`: copy every tensor. By default tensors are shared with the state_dict where
-      DLPack allows, so in-place changes to the source tensors show in the model.
+    - `copy`: copy each tensor once (the default). With `copy=False` the model shares memory
+      with the state_dict where DLPack allows (no copy at all): only safe when nothing
+      writes to those tensors afterwards, e.g. a state_dict freshly read from a file. A torch
+      model that keeps training would change the JAX arrays under JAX's feet.
     - `check_finite`: treat NaN/inf in a tensor as a problem.
 
     **Returns:** `(model, report)`: the loaded model and a `LoadReport`.
@@ -169,13 +171,14 @@ def _jax_storage_dtype(target: Array) -> torch.dtype | None:
     return torch.int32 if jnp.dtype(target.dtype) == jnp.int32 else None
 
 
-def to_state_dict(model: Any, *, copy: bool = False) -> "OrderedDict[str, torch.Tensor]":
+def to_state_dict(model: Any, *, copy: bool = True) -> "OrderedDict[str, torch.Tensor]":
     """The model's arrays as a torch state_dict: torchvision's keys, order and dtypes
     (`num_batches_tracked` as int64). `torchvision.models.resnet18().load_state_dict(...,
     strict=True)` accepts the result.
 
-    By default float tensors share memory with the JAX arrays (JAX treats them as
-    immutable: do not write to them in place, or pass `copy=True`).
+    Each tensor is a copy by default. With `copy=False` float tensors share memory with the
+    JAX arrays: fine for saving or `load_state_dict` (which copies), but JAX assumes its
+    arrays immutable, so nothing may write to such tensors in place.
     """
     return OrderedDict(
         (name, jax_to_torch(array, torch_dtype_for(array), copy=copy))

@@ -1,0 +1,160 @@
+"""The zoo's models against the real torchvision models (and the CNN against its torch twin),
+with identical random weights and randomised BatchNorm statistics.
+
+Tolerances: eval logits <= 1e-5 absolute (fp32 CPU) for ResNet18 and the CNN; train-mode logits
+and running statistics <= 1e-5 absolute after one and after several steps; gradients rtol 1e-4
+(atol 1e-4 of the largest gradient of the tensor, for elements near zero).
+
+For the deeper models (34 to 50 layers) torch's *own* fp32 result is about 1e-4 away from its
+fp64 result, so an fp32 bound of 1e-5 would test rounding, not semantics. There the models are
+compared in fp64 (<= 1e-10: the same computation), and in fp32 our error against torch's fp64
+result must stay within twice torch's own fp32 error, and 1e-5 when that is smaller.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import max_abs_diff, randomize_batchnorm
+
+import weights_convert as wc
+import zoo
+
+TOL = 1e-5
+
+
+def make_pair(name: str, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    if name == "small_cnn":
+        reference = zoo.models.SmallCNNTorch(**kwargs)
+    else:
+        reference = getattr(torchvision.models, name)(**kwargs)
+    randomize_batchnorm(reference, seed)
+    model = getattr(zoo.models, name)(**kwargs)
+    model, _ = wc.load_state_dict(model, reference.state_dict())
+    return reference, model
+
+
+@jax.jit
+def eval_logits(model, x):
+    return zoo.eval_mode(model)(x)[0]
+
+
+@pytest.mark.parametrize("size", [(224, 224), (97, 131), (33, 33)])
+def test_resnet18_eval_logits(size, images):
+    reference, model = make_pair("resnet18")
+    x = images(2, 3, *size)
+    with torch.no_grad():
+        ref = reference.eval()(x)
+    diff = max_abs_diff(eval_logits(model, jnp.asarray(x.numpy())), ref)
+    print(f"resnet18 eval {size}: max abs diff {diff:.2e}")
+    assert diff <= TOL
+
+
+def to_float64(model):
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, model
+    )
+
+
+def assert_deep_parity(reference, model, x: torch.Tensor, label: str) -> None:
+    reference = reference.eval()
+    with torch.no_grad():
+        ref32 = reference(x).numpy()
+        ref64 = reference.double()(x.double()).numpy()
+    reference.float()
+    ours32 = np.asarray(eval_logits(model, jnp.asarray(x.numpy())))
+    with jax.enable_x64(True):
+        ours64 = np.asarray(eval_logits(to_float64(model), jnp.asarray(x.double().numpy())))
+    torch_fp32_error = float(np.abs(ref32 - ref64).max())
+    fp64_diff = float(np.abs(ours64 - ref64).max())
+    fp32_diff = float(np.abs(ours32 - ref64).max())
+    print(
+        f"{label}: fp64 diff {fp64_diff:.1e}; fp32 diff vs torch fp64 {fp32_diff:.1e} "
+        f"(torch fp32 own error {torch_fp32_error:.1e}); fp32 vs torch fp32 "
+        f"{np.abs(ours32 - ref32).max():.1e}"
+    )
+    assert fp64_diff <= 1e-10
+    assert fp32_diff <= max(TOL, 2 * torch_fp32_error)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("resnet34", (97, 131)),
+        ("resnet50", (224, 224)),
+        ("resnet50", (33, 33)),
+        ("resnext50_32x4d", (64, 64)),
+        ("wide_resnet50_2", (64, 64)),
+    ],
+)
+def test_family_eval_logits(name, size, images):
+    reference, model = make_pair(name)
+    assert_deep_parity(reference, model, images(2, 3, *size), f"{name} {size}")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"replace_stride_with_dilation": [False, True, True]},
+        {"zero_init_residual": True, "num_classes": 7},
+    ],
+)
+def test_resnet50_constructor_options(kwargs, images):
+    reference, model = make_pair("resnet50", **kwargs)
+    assert_deep_parity(reference, model, images(2, 3, 45, 45), f"resnet50 {kwargs}")
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_small_cnn_eval_logits(in_chans, images):
+    reference, model = make_pair("small_cnn", in_chans=in_chans)
+    x = images(4, in_chans, 32, 32)
+    with torch.no_grad():
+        ref = reference.eval()(x)
+    assert max_abs_diff(eval_logits(model, jnp.asarray(x.numpy())), ref) <= TOL
+
+
+@jax.jit
+def train_forward(model, x):
+    return zoo.train_mode(model)(x)
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("small_cnn", (32, 32))])
+def test_train_mode_outputs_and_running_stats_over_steps(name, size, images):
+    kwargs = {"drop_rate": 0.0} if name == "small_cnn" else {}  # dropout draws differ by design
+    reference, model = make_pair(name, **kwargs)
+    reference.train()
+    for step in range(3):
+        x = images(4, 3, *size, seed=step)
+        ref = reference(x)
+        logits, model = train_forward(model, jnp.asarray(x.numpy()))
+        assert max_abs_diff(logits, ref) <= TOL, f"logits differ at step {step}"
+        ours = wc.to_state_dict(model)
+        for key, value in reference.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                assert int(ours[key]) == int(value), key
+            elif "running" in key:
+                assert max_abs_diff(ours[key], value) <= TOL, f"{key} at step {step}"
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("small_cnn", (32, 32))])
+def test_parameter_gradients_match_autograd(name, size, images):
+    kwargs = {"drop_rate": 0.0} if name == "small_cnn" else {}
+    reference, model = make_pair(name, **kwargs)
+    x = images(4, 3, *size)
+    labels = torch.tensor([1, 0, 3, 2])
+    torch.nn.functional.cross_entropy(reference.train()(x), labels).backward()
+    (_, _, _), grads = jax.jit(zoo.loss_and_grads)(
+        zoo.train_mode(model), jnp.asarray(x.numpy()), jnp.asarray(labels.numpy())
+    )
+    ours = wc.named_arrays(grads)
+    expected = {k: p.grad for k, p in reference.named_parameters()}
+    assert ours.keys() == expected.keys()
+    for key, grad in expected.items():
+        g = grad.numpy()
+        np.testing.assert_allclose(
+            np.asarray(ours[key]), g, rtol=1e-4, atol=1e-4 * np.abs(g).max(), err_msg=key
+        )

@@ -1,0 +1,92 @@
+"""Pure functions over zoo models: forward passes, the loss, gradients and a full train step.
+
+Every function takes the model as an argument and returns new values; nothing is stored.
+"""
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import equinox as eqx
+import jax
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from weights_convert import split_params_buffers
+
+M = TypeVar("M")
+LossFn = Callable[[Array, Array], Array]
+
+
+def cross_entropy(
+    logits: Float[Array, "batch classes"], labels: Int[Array, " batch"]
+) -> Float[Array, ""]:
+    """Mean softmax cross-entropy over integer labels (`torch.nn.functional.cross_entropy`)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def forward(model: Any, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+    """The model's logits in whatever mode it is in; updated buffers are dropped."""
+    logits, _ = model(x, key=key)
+    return logits
+
+
+def loss_and_grads(
+    model: M,
+    x: Array,
+    labels: Array,
+    *,
+    key: PRNGKeyArray | None = None,
+    loss_fn: LossFn = cross_entropy,
+) -> tuple[tuple[Array, Array, M], PyTree]:
+    """Loss and gradients with respect to the trainable parameters (not the buffers).
+
+    **Returns:** `((loss, logits, model_with_new_buffers), grads)`; `grads` has the model's
+    structure, with `None` where a buffer or a non-array sits.
+    """
+    params, buffers, static = split_params_buffers(model)
+
+    def objective(params):
+        logits, new_model = eqx.combine(params, buffers, static)(x, key=key)
+        return loss_fn(logits, labels), (logits, new_model)
+
+    (loss, (logits, new_model)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return (loss, logits, new_model), grads
+
+
+def trainable(model: Any) -> PyTree:
+    """The model's trainable parameters (buffers and static parts as `None`): what an optax
+    optimizer is initialised on, `optimizer.init(zoo.trainable(model))`."""
+    return split_params_buffers(model)[0]
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn = cross_entropy,
+    *,
+    donate: bool = True,
+) -> Callable[..., tuple[M, Any, Array, Array]]:
+    """A jitted step: train-mode forward, gradients, BatchNorm update and optax update in one
+    XLA computation.
+
+    **Arguments:**
+
+    - `optimizer`: any optax transformation; its state comes from
+      `optimizer.init(zoo.trainable(model))`.
+    - `loss_fn`: `(logits, labels) -> scalar` (cross-entropy by default).
+    - `donate`: donate the model and optimizer state buffers to the step, so XLA updates
+      them in place (do not reuse the arguments after the call).
+
+    **Returns:** `step(model, opt_state, x, labels, key) -> (model, opt_state, loss, logits)`.
+    """
+
+    def step(model, opt_state, x, labels, key):
+        (loss, logits, new_model), grads = loss_and_grads(
+            model, x, labels, key=key, loss_fn=loss_fn
+        )
+        params, buffers, static = split_params_buffers(new_model)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return eqx.combine(params, buffers, static), opt_state, loss, logits
+
+    # Zoo models hold only arrays as leaves (flags are static fields), so plain jax.jit applies.
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
