@@ -1,6 +1,6 @@
 """The zoo: torchvision's models in Equinox, with a jitted JAX face and a torch face."""
 
-from . import layers as layers, models as models
+from . import adapters as adapters, layers as layers, models as models
 from ._functional import (
     cross_entropy as cross_entropy,
     forward as forward,
@@ -8,6 +8,15 @@ from ._functional import (
     make_train_step as make_train_step,
     trainable as trainable,
 )
+from ._load import load as load, to_torchvision as to_torchvision
 from ._modes import eval_mode as eval_mode, is_training as is_training, train_mode as train_mode
+from ._registry import (
+    ModelInfo as ModelInfo,
+    get_model_info as get_model_info,
+    list_models as list_models,
+    register_model as register_model,
+)
+from ._sources import WeightsError as WeightsError
+from .adapters import JaxModel as JaxModel, TorchModel as TorchModel
 
 __version__ = "0.1.0"

@@ -21,8 +21,9 @@ def check_image_batch(x: Array, in_chans: int, model_name: str) -> None:
             f"{model_name} expects {in_chans} input channels at axis 1; got shape "
             f"{tuple(shape)}{hint}. Build the model with in_chans={shape[1]} to change it."
         )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    is_float = getattr(x, "is_floating_point", None)  # a torch tensor
+    if not (is_float() if callable(is_float) else jnp.issubdtype(x.dtype, jnp.floating)):
         raise TypeError(
             f"{model_name} expects floating-point images; got dtype {x.dtype}. Convert and "
-            "normalise first, e.g. x.astype(jnp.float32) / 255."
+            "normalise first, e.g. x.astype(jnp.float32) / 255 (x.float() / 255 in torch)."
         )

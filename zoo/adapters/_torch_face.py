@@ -1,0 +1,251 @@
+"""The torch face: an `nn.Module` whose forward and backward are jitted JAX computations.
+
+Design (what keeps the per-call cost flat):
+
+- Torch owns the memory. Each parameter and buffer is an ordinary `nn.Parameter`/buffer under
+  torchvision's name; JAX reads it through a DLPack alias made once and reused while the
+  tensor's storage stays the same (checked by data pointer each call, so `.to()`,
+  `load_state_dict(assign=True)` or a deepcopy simply re-alias).
+- A forward under `torch.no_grad()` (or with nothing requiring grad) runs the plain jitted
+  forward: no VJP is built.
+- With grad, the jitted forward also returns the VJP closure (`jax.vjp`'s result is a pytree
+  of residuals), and the backward runs it jitted.
+- In train mode the new BatchNorm statistics come back as one flat array (one conversion)
+  and are copied into the buffers in place; `num_batches_tracked` is incremented in torch.
+"""
+
+import copy
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import torch
+from torch import nn
+
+from weights_convert import is_buffer_name, named_arrays
+
+from .._modes import eval_mode, train_mode
+from ..models._checks import check_image_batch
+
+
+def _to_jax(tensor: torch.Tensor) -> jax.Array:
+    """Zero-copy where DLPack allows; a contiguous copy otherwise (stride-0 expanded grads,
+    channels_last or sliced inputs, unaligned views): never an error."""
+    tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    try:
+        return jax.dlpack.from_dlpack(tensor)
+    except Exception:
+        return jax.dlpack.from_dlpack(tensor.clone())
+
+
+def _is_counter(name: str) -> bool:
+    return name.endswith("num_batches_tracked")
+
+
+class _Node(nn.Module):
+    """A named container mirroring torchvision's submodules (`face.layer1[0].conv1`): it holds
+    parameters and buffers only; the computation is the whole model's, in JAX."""
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self._modules[str(index)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class _Program:
+    """The jitted JAX functions for one architecture, over lists of arrays in state_dict
+    order. Shared (not copied) by deep copies of the face."""
+
+    def __init__(self, model: Any):
+        dynamic, self.static = eqx.partition(model, eqx.is_array)
+        self.treedef = jax.tree_util.tree_structure(dynamic)
+        self.names = list(named_arrays(dynamic))
+        self.param_idx = [i for i, n in enumerate(self.names) if not is_buffer_name(n)]
+        self.buffer_idx = [
+            i for i, n in enumerate(self.names) if is_buffer_name(n) and not _is_counter(n)
+        ]
+        self.counter_idx = [i for i, n in enumerate(self.names) if _is_counter(n)]
+        self.forward = jax.jit(self._run, static_argnums=(0,))
+        self.forward_vjp = jax.jit(self._forward_vjp, static_argnums=(0, 1))
+        self.backward = jax.jit(lambda vjp, g: vjp(g))
+
+    def _model(self, train: bool, params, buffers, counters) -> Any:
+        leaves: list[Any] = [None] * len(self.names)
+        for i, p in zip(self.param_idx, params, strict=True):
+            leaves[i] = p
+        for i, b in zip(self.buffer_idx, buffers, strict=True):
+            leaves[i] = b
+        for j, i in enumerate(self.counter_idx):
+            leaves[i] = counters[j]
+        model = eqx.combine(jax.tree_util.tree_unflatten(self.treedef, leaves), self.static)
+        return train_mode(model) if train else eval_mode(model)
+
+    def _run(self, train: bool, params, buffers, counters, x, seed):
+        model = self._model(train, params, buffers, counters)
+        logits, new_model = model(x, key=jax.random.key(seed) if train else None)
+        if not train:
+            return logits, jnp.zeros((0,), jnp.float32)
+        leaves = jax.tree_util.tree_leaves(eqx.filter(new_model, eqx.is_array))
+        new_buffers = [leaves[i].reshape(-1).astype(jnp.float32) for i in self.buffer_idx]
+        return logits, jnp.concatenate(new_buffers) if new_buffers else jnp.zeros((0,))
+
+    def _forward_vjp(self, train: bool, input_grad: bool, params, buffers, counters, x, seed):
+        if input_grad:
+            logits, vjp, new_buffers = jax.vjp(
+                lambda p, x: self._run(train, p, buffers, counters, x, seed),
+                params,
+                x,
+                has_aux=True,
+            )
+        else:
+            logits, vjp, new_buffers = jax.vjp(
+                lambda p: self._run(train, p, buffers, counters, x, seed), params, has_aux=True
+            )
+        return logits, new_buffers, vjp
+
+
+class _JaxFunction(torch.autograd.Function):
+    """Autograd glue: the parameters are inputs so their `.grad` fills as usual."""
+
+    @staticmethod
+    def forward(ctx, face: "TorchModel", x: torch.Tensor, *params: torch.Tensor):
+        input_grad = ctx.needs_input_grad[1]
+        logits, vjp = face._forward_vjp(x, input_grad)
+        ctx.face, ctx.vjp, ctx.input_grad = face, vjp, input_grad
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grads = ctx.face._program.backward(ctx.vjp, _to_jax(grad_output))
+        ctx.vjp = None  # free the residuals, as torch frees saved tensors
+        param_grads = grads[0]
+        grad_x = torch.from_dlpack(grads[1]) if ctx.input_grad else None
+        needs = ctx.needs_input_grad[2:]
+        return (
+            None,
+            grad_x,
+            *(
+                torch.from_dlpack(g) if need else None
+                for g, need in zip(param_grads, needs, strict=True)
+            ),
+        )
+
+
+class TorchModel(nn.Module):
+    """`zoo.load(..., framework="torch")`: a `torch.nn.Module` computing with JAX.
+
+    Its `state_dict()` keys are torchvision's, parameters are real `nn.Parameter`s and the
+    BatchNorm statistics real buffers; `.train()`/`.eval()` switch the JAX model's mode (it
+    starts in eval mode, like a loaded pretrained model). Forward and backward run jitted JAX
+    code on the tensors' own memory (DLPack, no copies).
+
+    **Arguments:**
+
+    - `model`: the Equinox model (its arrays are copied once into torch-owned tensors).
+    - `name`: the registry name (used by `zoo.to_torchvision` and exports).
+    """
+
+    def __init__(self, model: Any, name: str = ""):
+        super().__init__()
+        self.name = name
+        self.in_chans = int(getattr(model, "in_chans", 3))
+        self._program = _Program(model)
+        for path, array in named_arrays(model).items():
+            *parents, leaf = path.split(".")
+            owner: nn.Module = self
+            for part in parents:
+                if part not in owner._modules:
+                    owner.add_module(part, _Node())
+                owner = owner._modules[part]
+            tensor = torch.from_dlpack(array).clone()
+            if _is_counter(leaf):
+                owner.register_buffer(leaf, tensor.long())
+            elif is_buffer_name(path):
+                owner.register_buffer(leaf, tensor)
+            else:
+                owner.register_parameter(leaf, nn.Parameter(tensor))
+        self._aliases: dict[int, tuple[int, torch.dtype, jax.Array]] = {}
+        self.eval()
+
+    # -- pickling / deepcopy: JAX aliases and jitted functions are rebuilt, not copied ------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_aliases"] = {}
+        return state
+
+    def __deepcopy__(self, memo: dict) -> "TorchModel":
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__getstate__().items():
+            # The program holds only static structure and jitted functions: share it.
+            object.__setattr__(new, k, v if k == "_program" else copy.deepcopy(v, memo))
+        return new
+
+    # -- memory -----------------------------------------------------------------------------
+    def _tensors(self) -> list[torch.Tensor]:
+        found = dict(self.named_parameters()) | dict(self.named_buffers())
+        return [found[n] for n in self._program.names]
+
+    def _alias(self, index: int, tensor: torch.Tensor) -> jax.Array:
+        # Reuse the DLPack alias while the tensor still lives at the same address.
+        hit = self._aliases.get(index)
+        ptr = tensor.data_ptr()
+        if hit is None or hit[0] != ptr or hit[1] != tensor.dtype:
+            hit = (ptr, tensor.dtype, _to_jax(tensor))
+            self._aliases[index] = hit
+        return hit[2]
+
+    def _arguments(self, x: torch.Tensor):
+        check_image_batch(x, self.in_chans, f"TorchModel({self.name})")
+        tensors = self._tensors()
+        prog = self._program
+        params = [self._alias(i, tensors[i]) for i in prog.param_idx]
+        buffers = [self._alias(i, tensors[i]) for i in prog.buffer_idx]
+        counters = [tensors[i] for i in prog.counter_idx]
+        if self.training:
+            counter_values = jnp.asarray([int(c) for c in counters], jnp.int32)
+            seed = jnp.asarray(int(torch.randint(0, 2**31 - 1, ())), jnp.uint32)
+        else:
+            counter_values = jnp.zeros((len(counters),), jnp.int32)
+            seed = jnp.zeros((), jnp.uint32)
+        targets = [tensors[i] for i in prog.buffer_idx], counters
+        return (params, buffers, counter_values, _to_jax(x), seed), targets
+
+    def _write_buffers(self, targets, new_flat: jax.Array) -> None:
+        if not self.training:
+            return
+        buffers, counters = targets
+        flat = torch.from_dlpack(new_flat)
+        offset = 0
+        with torch.no_grad():
+            for b in buffers:
+                n = b.numel()
+                b.copy_(flat[offset : offset + n].view_as(b))
+                offset += n
+            for c in counters:
+                c.add_(1)
+
+    # -- compute ----------------------------------------------------------------------------
+    @torch.compiler.disable
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for an NCHW float batch; differentiable w.r.t. the parameters and `x`."""
+        params = [p for p in self.parameters()]
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _JaxFunction.apply(self, x, *params)
+        args, targets = self._arguments(x)
+        logits, new_flat = self._program.forward(self.training, *args)
+        self._write_buffers(targets, new_flat)
+        return torch.from_dlpack(logits)
+
+    def _forward_vjp(self, x: torch.Tensor, input_grad: bool):
+        args, targets = self._arguments(x)
+        logits, new_flat, vjp = self._program.forward_vjp(self.training, input_grad, *args)
+        self._write_buffers(targets, new_flat)
+        return torch.from_dlpack(logits), vjp
