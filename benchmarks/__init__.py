@@ -1,0 +1,1 @@
+"""Benchmarks of the zoo against torchvision; run `python -m benchmarks.run` (see README.md)."""

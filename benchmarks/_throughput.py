@@ -1,0 +1,191 @@
+"""Worker: images/s of one model under one framework, for a list of cases, in its own process.
+
+`python -m benchmarks._throughput --model resnet18 --frameworks jax --cases '[...]'`; prints
+one `BENCH_RESULT` JSON line (a list of rows). Several frameworks run one after the other.
+"""
+
+from benchmarks._common import pin_threads
+
+THREADS = pin_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks._common import emit, measure, set_torch_threads, summarize  # noqa: E402
+
+LR, MOMENTUM, NUM_CLASSES = 0.01, 0.9, 10
+REGISTRY_NAME = {"resnet18": "resnet18", "small_cnn": "cnn"}
+Step = Callable[[], None]
+
+
+def _data(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+    return x, rng.integers(0, NUM_CLASSES, batch).astype(np.int64)
+
+
+def _torch_model(model: str) -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    if model == "resnet18":
+        return torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    import zoo
+
+    return zoo.models.SmallCNNTorch(num_classes=NUM_CLASSES)
+
+
+def _torch_steps(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
+    """(eval forward, train step) closures for a torch module (plain, compiled or JAX-backed)."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            module(x)
+
+    opt = torch.optim.SGD(module.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(module(x), y)
+        loss.backward()
+        opt.step()
+
+    return forward, train
+
+
+class Runner:
+    """Builds the (eval, train) step for one case under one framework."""
+
+    def __init__(self, model: str, framework: str):
+        self.model, self.framework = model, framework
+        self.compiled: dict[str, Any] = {}
+        if framework == "jax":
+            import zoo
+
+            build = zoo.models.resnet18 if model == "resnet18" else zoo.models.SmallCNN
+            self.eqx_model = build(num_classes=NUM_CLASSES)
+        elif framework == "torch_face":
+            import zoo
+
+            if not hasattr(zoo, "load"):
+                raise NotAvailable("n/a (not yet available: zoo.load is missing)")
+            self.module = zoo.load(REGISTRY_NAME[model], framework="torch", num_classes=10)
+        else:
+            self.module = _torch_model(model)
+            if framework == "channels_last":
+                self.module = self.module.to(memory_format=torch.channels_last)
+
+    def step(self, mode: str, batch: int, size: int) -> Step:
+        x_np, y_np = _data(batch, size)
+        if self.framework == "jax":
+            return self._jax_step(mode, x_np, y_np)
+        x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+        module = self.module.train(mode == "train")
+        if self.framework == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.framework == "compile":
+            # One compiled module per mode, dynamic shapes: compiling every shape of the suite
+            # statically would take longer than the whole benchmark budget on 2 cores.
+            if mode not in self.compiled:
+                self.compiled[mode] = torch.compile(module, dynamic=True)
+            module = self.compiled[mode]
+        forward, train = _torch_steps(module, x, y)
+        return forward if mode == "eval" else train
+
+    def _jax_step(self, mode: str, x_np: np.ndarray, y_np: np.ndarray) -> Step:
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        import zoo
+
+        x, y = jnp.asarray(x_np), jnp.asarray(y_np, dtype=jnp.int32)
+        if mode == "eval":
+            model = zoo.eval_mode(self.eqx_model)
+            forward = jax.jit(zoo.forward)
+            return lambda: forward(model, x).block_until_ready()
+        optimizer = optax.sgd(LR, momentum=MOMENTUM)
+        train_step = zoo.make_train_step(optimizer)
+        # The step donates its model: train a copy so the next case still has the original.
+        model = jax.tree_util.tree_map(jnp.copy, zoo.train_mode(self.eqx_model))
+        state = {"model": model, "opt": optimizer.init(zoo.trainable(model))}
+        key = jax.random.key(0)
+
+        def train() -> None:
+            state["model"], state["opt"], loss, _ = train_step(
+                state["model"], state["opt"], x, y, key
+            )
+            loss.block_until_ready()
+
+        return train
+
+
+class NotAvailable(Exception):
+    pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True, choices=sorted(REGISTRY_NAME))
+    parser.add_argument("--frameworks", required=True, help="comma-separated, run in order")
+    parser.add_argument("--cases", required=True, help="JSON list of {mode, batch, size}")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--min-runs", type=int, default=10)
+    parser.add_argument("--max-runs", type=int, default=50)
+    parser.add_argument("--min-time", type=float, default=2.0)
+    args = parser.parse_args()
+    set_torch_threads(THREADS)
+    cases = json.loads(args.cases)
+    rows: list[dict[str, Any]] = []
+    for framework in args.frameworks.split(","):
+        rows += run_framework(args, framework, cases)
+    emit(rows)
+
+
+def run_framework(
+    args: argparse.Namespace, framework: str, cases: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    base = {"model": args.model, "framework": framework, "threads": THREADS}
+    try:
+        runner = Runner(args.model, framework)
+    except NotAvailable as e:
+        return [{**base, **c, "status": "n/a", "reason": str(e)} for c in cases]
+    except Exception as e:
+        return [{**base, **c, "status": "error", "reason": _reason(e)} for c in cases]
+    rows = []
+    for case in cases:
+        row = {**base, **case}
+        try:
+            fn = runner.step(case["mode"], case["batch"], case["size"])
+            t = time.perf_counter()
+            fn()  # the first call: tracing and compilation (JAX, torch.compile) plus one run
+            row["first_call_s"] = time.perf_counter() - t
+            times = measure(
+                fn,
+                warmup=args.warmup,
+                min_runs=args.min_runs,
+                max_runs=args.max_runs,
+                min_time=args.min_time,
+            )
+            row.update(status="ok", **summarize(times, case["batch"]))
+        except Exception as e:
+            traceback.print_exc()
+            row.update(status="skipped" if framework == "compile" else "error", reason=_reason(e))
+        rows.append(row)
+    return rows
+
+
+def _reason(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+if __name__ == "__main__":
+    main()

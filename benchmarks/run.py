@@ -1,0 +1,353 @@
+"""Run the zoo's benchmarks and write `results.md`, `results.json` and `results.png`.
+
+    python -m benchmarks.run [--quick] [--out artifacts/benchmarks] [--threads N]
+
+Every (model, framework) pair, the conversion benchmark and each compile-cache process run in
+their own subprocess, so thread pools, allocators and compile caches are never shared
+(`--quick` runs all frameworks of a model in one process, to save imports).
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import available_cpus, thread_env
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = {
+    "jax": "JAX face (jit)",
+    "torch_face": "torch face (zoo.load)",
+    "eager": "torch eager",
+    "channels_last": "torch channels_last",
+    "compile": "torch.compile",
+}
+MODELS = {"resnet18": "ResNet18", "small_cnn": "SmallCNN"}
+
+
+def _case(mode: str, batch: int, size: int) -> dict[str, Any]:
+    return {"mode": mode, "batch": batch, "size": size}
+
+
+def cases(model: str, quick: bool) -> list[dict[str, Any]]:
+    if quick:  # ResNet18's train step alone compiles for ~10 s: only the CNN trains
+        return [_case("eval", 2, 32)] + [_case("train", 2, 32)] * (model == "small_cnn")
+    big = 224 if model == "resnet18" else 32  # the CNN is a 32x32 model
+    return [
+        *(_case("eval", b, big) for b in (1, 8, 32)),
+        _case("eval", 128, 32),
+        _case("train", 32, big),
+        _case("train", 128, 32),
+    ]
+
+
+def case_label(row: dict[str, Any]) -> str:
+    return f"{row['mode']} b{row['batch']} {row['size']}x{row['size']}"
+
+
+def run_worker(
+    module: str, args: list[str], threads: int, timeout: float, env_extra: dict | None = None
+) -> tuple[Any, str]:
+    """Run `python -m module args` and return (its BENCH_RESULT, or None; an error text)."""
+    env = {**thread_env(threads), **(env_extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["BENCH_T0"] = repr(time.time())
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT ") :]), ""
+    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return None, f"exit {proc.returncode}: {tail[-1] if tail else ''}"[:200]
+
+
+def throughput(model: str, frameworks: list[str], opts: argparse.Namespace) -> list[dict]:
+    """Rows for `model` under `frameworks`, all run in one worker process."""
+    model_cases = cases(model, opts.quick)
+    rows: list[dict[str, Any]] = []
+    if "compile" in frameworks and opts.quick:
+        frameworks = [fw for fw in frameworks if fw != "compile"]
+        reason = "skipped (--quick: compiling takes minutes on CPU)"
+        rows += [
+            {"model": model, "framework": "compile", **c, "status": "skipped", "reason": reason}
+            for c in model_cases
+        ]
+    reps = (
+        ["--warmup", "1", "--min-runs", "3", "--max-runs", "5", "--min-time", "0"]
+        if opts.quick
+        else ["--warmup", "1", "--min-runs", "10", "--max-runs", "50", "--min-time", "2"]
+    )
+    args = ["--model", model, "--frameworks", ",".join(frameworks)]
+    args += ["--cases", json.dumps(model_cases), *reps]
+    result, error = run_worker("benchmarks._throughput", args, opts.threads, opts.timeout)
+    if result is not None:
+        return rows + result
+    for fw in frameworks:
+        status = "skipped" if fw == "compile" else "error"
+        rows += [
+            {"model": model, "framework": fw, **c, "status": status, "reason": error}
+            for c in model_cases
+        ]
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    eager = {
+        (r["model"], case_label(r)): r["images_per_s"]
+        for r in rows
+        if r["framework"] == "eager" and r["status"] == "ok"
+    }
+    for r in rows:
+        base = eager.get((r["model"], case_label(r)))
+        if r["status"] == "ok" and base:
+            r["ratio_vs_eager"] = r["images_per_s"] / base
+
+
+def compile_cache(opts: argparse.Namespace) -> list[dict[str, Any]]:
+    model, size = ("small_cnn", "32") if opts.quick else ("resnet18", "224")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="jax-cache-") as cache_dir:
+        for process in ("1st process (empty cache)", "2nd process (warm cache)"):
+            args = ["--cache-dir", cache_dir, "--size", size, "--model", model]
+            result, error = run_worker("benchmarks._cache", args, opts.threads, opts.timeout)
+            rows.append({"process": process, "model": model, **(result or {"reason": error})})
+    return rows
+
+
+def conversion(opts: argparse.Namespace) -> dict[str, Any]:
+    args = ["--repeats", "3" if opts.quick else "10"]
+    # A fixed mmap threshold makes freed tensors go back to the OS, so RSS deltas are honest.
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    result, error = run_worker("benchmarks._convert", args, opts.threads, opts.timeout, env)
+    return result or {"status": "error", "reason": error, "rows": []}
+
+
+def metadata(opts: argparse.Namespace, elapsed: float) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in ("jax", "jaxlib", "equinox", "torch", "torchvision", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu}, {len(available_cpus())} CPU cores available, {platform.system()}",
+        "python": platform.python_version(),
+        "versions": versions,
+        "threads": opts.threads,
+        "thread_settings": (
+            f"torch.set_num_threads({opts.threads}), OMP_NUM_THREADS={opts.threads}; "
+            f"XLA_FLAGS='{thread_env(opts.threads)['XLA_FLAGS']}' and each worker pinned to "
+            f"{opts.threads} CPU(s) with sched_setaffinity (XLA:CPU sizes its pool to them)"
+        ),
+        "quick": opts.quick,
+        "dtype": "float32",
+        "elapsed_s": elapsed,
+    }
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    if row["status"] != "ok":
+        reason = row.get("reason", "")
+        return reason if reason.startswith(row["status"]) else f"{row['status']}: {reason}"
+    lo, hi = row["iqr"]
+    ratio = f" **{row['ratio_vs_eager']:.2f}x**" if "ratio_vs_eager" in row else ""
+    return f"{row['images_per_s']:.1f} [{lo:.1f}–{hi:.1f}]{ratio}"
+
+
+def _grid(rows: list[dict[str, Any]], model: str) -> tuple[list[str], dict]:
+    labels = list(dict.fromkeys(case_label(r) for r in rows if r["model"] == model))
+    grid = {(case_label(r), r["framework"]): r for r in rows if r["model"] == model}
+    return labels, grid
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    out = [
+        "# equizoo benchmarks" + (" (--quick: tiny sizes, numbers meaningless)" * meta["quick"]),
+        "",
+        f"- Date: {meta['date']}; machine: {meta['machine']}; Python {meta['python']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- Threads: {meta['threads']} for both frameworks: {meta['thread_settings']}",
+        f"- fp32, random weights and inputs; suite took {meta['elapsed_s']:.0f} s",
+        "",
+        "## Throughput (images/s)",
+        "",
+        "Median images/s [interquartile range] and **ratio to torch eager** (torchvision's",
+        "model; for SmallCNN its torch twin `SmallCNNTorch`). eval = forward under",
+        "`no_grad`/eval mode; train = forward, backward and SGD-momentum update.",
+        "",
+    ]
+    rows = results["throughput"]
+    for model, title in MODELS.items():
+        labels, grid = _grid(rows, model)
+        runs = sorted({r["runs"] for r in rows if r["model"] == model and "runs" in r})
+        out += [f"### {title}", "", "| case | " + " | ".join(FRAMEWORKS.values()) + " |"]
+        out.append("|---" * (len(FRAMEWORKS) + 1) + "|")
+        for label in labels:
+            cells = [_cell(grid.get((label, fw))) for fw in FRAMEWORKS]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        if runs:
+            out += ["", f"Timed runs per cell: {runs[0]} to {runs[-1]} (after 1 warm-up call)."]
+        out.append("")
+    out += [
+        "## Compile time: first call (s)",
+        "",
+        "Time of the first call (trace + compile + one run for JAX and torch.compile; eager's",
+        "first call shows the cost of a plain first run). torch.compile uses `dynamic=True` and",
+        "one compiled module per mode, so only the first case of each mode compiles.",
+        "",
+    ]
+    for model, title in MODELS.items():
+        labels, grid = _grid(rows, model)
+        out += [f"### {title}", "", "| case | " + " | ".join(FRAMEWORKS.values()) + " |"]
+        out.append("|---" * (len(FRAMEWORKS) + 1) + "|")
+        for label in labels:
+            cells = []
+            for fw in FRAMEWORKS:
+                r = grid.get((label, fw))
+                cells.append(f"{r['first_call_s']:.2f}" if r and "first_call_s" in r else "–")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += [
+        "## JAX persistent compilation cache (`jax_compilation_cache_dir`)",
+        "",
+        "Two fresh processes share one new cache directory; batch 2. Time to first",
+        "logits counts from the parent's `Popen` (interpreter start and imports included).",
+        "",
+        "| process | model, size | to first logits (s) | imports (s) | first forward call (s) "
+        "| first train-step call (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["compile_cache"]:
+        if "to_first_logits_s" in r:
+            out.append(
+                f"| {r['process']} | {MODELS[r['model']]}, {r['size']}x{r['size']} | "
+                f"{r['to_first_logits_s']:.2f} | "
+                f"{r['imports_s']:.2f} | {r['first_forward_call_s']:.2f} | "
+                f"{r['first_train_step_call_s']:.2f} |"
+            )
+        else:
+            out.append(f"| {r['process']} | error: {r.get('reason', '')} | | | | |")
+    conv = results["conversion"]
+    out += [
+        "",
+        f"## Weight conversion (ResNet18, {conv.get('state_dict_mb', 0):.1f} MB of tensors)",
+        "",
+        "`weights_convert.load_state_dict` (torch -> equinox) and `to_state_dict` (equinox ->",
+        "torch). Peak extra = VmHWM - VmRSS before the call (native memory included); retained",
+        "= RSS growth while the result is alive. Aliased = arrays whose JAX buffer pointer equals",
+        "the tensor's `data_ptr()` (the int64 `num_batches_tracked` counters are always cast).",
+        "",
+        "| direction | copy | median ms [min–max] | peak extra MB | retained MB | aliased |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in conv.get("rows", []):
+        peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
+        out.append(
+            f"| {r['direction']} | {r['copy']} | {r['median_ms']:.1f} "
+            f"[{r['min_ms']:.1f}–{r['max_ms']:.1f}] | {peak} | {r['retained_extra_mb']:.1f} | "
+            f"{r['aliased']}/{r['arrays']} ({100 * r['aliased_share']:.0f}%) |"
+        )
+    if conv.get("status") == "error":
+        out.append(f"\nConversion benchmark failed: {conv['reason']}")
+    return "\n".join(out) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["throughput"]
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(7 * len(MODELS), 4.5), squeeze=False)
+    for ax, (model, title) in zip(axes[0], MODELS.items(), strict=True):
+        labels, grid = _grid(rows, model)
+        width = 0.8 / len(FRAMEWORKS)
+        for i, (fw, name) in enumerate(FRAMEWORKS.items()):
+            values = [grid.get((lb, fw), {}).get("ratio_vs_eager", 0.0) for lb in labels]
+            xs = [j + (i - (len(FRAMEWORKS) - 1) / 2) * width for j in range(len(labels))]
+            ax.bar(xs, values, width, label=name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("images/s relative to torch eager")
+        ax.set_title(f"{title}, fp32, {results['meta']['threads']} threads (0 = not run)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and repeats (< 60 s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks")
+    parser.add_argument("--threads", type=int, default=len(available_cpus()))
+    parser.add_argument("--jobs", type=int, help="workers at once (default: 1, --quick: 2)")
+    parser.add_argument("--timeout", type=float, help="seconds per worker (600, --quick 120)")
+    opts = parser.parse_args(argv)
+    opts.jobs = opts.jobs or (2 if opts.quick else 1)
+    opts.timeout = opts.timeout or (120.0 if opts.quick else 600.0)
+    start = time.time()
+    # One process per (model, framework); --quick shares one process per model, to save the
+    # ~4 s of imports per process.
+    if opts.quick:
+        groups = [(m, list(FRAMEWORKS)) for m in MODELS]
+    else:
+        groups = [(m, [fw]) for m in MODELS for fw in FRAMEWORKS]
+    with ThreadPoolExecutor(opts.jobs) as pool:
+        futures = [pool.submit(throughput, m, fws, opts) for m, fws in groups]
+        conv = pool.submit(conversion, opts)
+        cache = pool.submit(compile_cache, opts)  # its two processes run one after the other
+        rows = []
+        for (m, fws), future in zip(groups, futures, strict=True):
+            rows += future.result()
+            print(f"done: {m} / {','.join(fws)}", file=sys.stderr, flush=True)
+        conversion_result, cache_rows = conv.result(), cache.result()
+    add_ratios(rows)
+    results = {
+        "meta": metadata(opts, time.time() - start),
+        "throughput": rows,
+        "compile_cache": cache_rows,
+        "conversion": conversion_result,
+    }
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "results.json").write_text(json.dumps(results, indent=1))
+    (opts.out / "results.md").write_text(markdown(results))
+    chart(results, opts.out / "results.png")
+    print(markdown(results))
+    print(f"wrote {opts.out}/results.{{md,json,png}}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""`python -m benchmarks.run --quick` end to end: the three reports exist and hold positive
+numbers for every expected row. No timing threshold is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_benchmarks(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    for name in ("results.md", "results.json", "results.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["meta"]["quick"] and results["meta"]["threads"] > 0
+
+    rows = {(r["model"], r["framework"], r["mode"]): r for r in results["throughput"]}
+    expected = [("resnet18", "eval"), ("small_cnn", "eval"), ("small_cnn", "train")]
+    for model, mode in expected:
+        for framework in ("jax", "eager", "channels_last"):
+            row = rows[model, framework, mode]
+            assert row["status"] == "ok", row
+            assert row["images_per_s"] > 0 and row["first_call_s"] > 0 and row["runs"] >= 3
+            assert row["ratio_vs_eager"] > 0
+        assert rows[model, "compile", mode]["status"] == "skipped"
+        assert rows[model, "torch_face", mode]["status"] in ("ok", "n/a")
+
+    cache = results["compile_cache"]
+    assert len(cache) == 2 and all(r["to_first_logits_s"] > 0 for r in cache)
+    conversion = results["conversion"]["rows"]
+    assert {(r["direction"], r["copy"]) for r in conversion} == {
+        (d, c) for d in ("torch -> equinox", "equinox -> torch") for c in (False, True)
+    }
+    for r in conversion:
+        assert r["median_ms"] > 0 and r["retained_extra_mb"] is not None
+        assert r["arrays"] > 0 and r["aliased"] == pytest.approx(r["aliased_share"] * r["arrays"])
+        assert r["aliased"] > 0 if not r["copy"] else r["aliased"] == 0
+    assert "ResNet18" in (tmp_path / "results.md").read_text()
