@@ -1,5 +1,6 @@
 """Each layer against its torch.nn counterpart, at the sizes where conventions differ."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +120,28 @@ def test_default_initialisation_has_torch_statistics():
     )
     bound = 1 / np.sqrt(64 * 9)
     assert float(jnp.max(jnp.abs(conv.bias))) <= bound
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_gradients_match_torch_with_an_offset_input(train, images):
+    # Gradients w.r.t. weight, bias and input, in both modes. (The cancellation bug fixed in
+    # `_normalise` only showed through a whole ResNet: test_faces' gradient test guards it.)
+    torch_bn, bn = _bn_pair()
+    torch_bn.train(train)
+    bn = bn if train else eval_mode(bn)
+    x = images(4, 6, 5, 5) * 0.1 + 5.0
+    with torch.no_grad():
+        torch_bn.running_mean.fill_(5.0)
+    bn = eqx.tree_at(lambda b: b.running_mean, bn, jnp.full((6,), 5.0))
+    xt = x.clone().requires_grad_()
+    upstream = images(4, 6, 5, 5, seed=7)
+    (torch_bn(xt) * upstream).sum().backward()
+
+    def loss(bn, x):
+        return (bn(x)[0] * jnp.asarray(upstream.numpy())).sum()
+
+    g_bn, g_x = eqx.filter_grad(lambda args: loss(*args))((bn, jnp.asarray(x.numpy())))
+    for ours, theirs in [(g_bn.weight, torch_bn.weight.grad), (g_bn.bias, torch_bn.bias.grad),
+                         (g_x, xt.grad)]:
+        t = theirs.numpy()
+        np.testing.assert_allclose(np.asarray(ours), t, rtol=1e-4, atol=1e-4 * np.abs(t).max())

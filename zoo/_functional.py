@@ -13,6 +13,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from weights_convert import split_params_buffers
 
+from ._modes import eval_mode, is_training, train_mode
+
 M = TypeVar("M")
 LossFn = Callable[[Array, Array], Array]
 
@@ -43,20 +45,28 @@ def loss_and_grads(
     **Returns:** `((loss, logits, model_with_new_buffers), grads)`; `grads` has the model's
     structure, with `None` where a buffer or a non-array sits.
     """
-    params, buffers, static = split_params_buffers(model)
+    # Differentiate in a canonical (eval-mode) structure, so gradients and optimizer state
+    # match `trainable(model)` whichever mode the model is in.
+    params, buffers, static = _canonical_split(model)
+    set_mode = train_mode if is_training(model) else eval_mode
 
     def objective(params):
-        logits, new_model = eqx.combine(params, buffers, static)(x, key=key)
+        logits, new_model = set_mode(eqx.combine(params, buffers, static))(x, key=key)
         return loss_fn(logits, labels), (logits, new_model)
 
     (loss, (logits, new_model)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return (loss, logits, new_model), grads
 
 
+def _canonical_split(model: Any) -> tuple[PyTree, PyTree, PyTree]:
+    return split_params_buffers(eval_mode(model))
+
+
 def trainable(model: Any) -> PyTree:
-    """The model's trainable parameters (buffers and static parts as `None`): what an optax
-    optimizer is initialised on, `optimizer.init(zoo.trainable(model))`."""
-    return split_params_buffers(model)[0]
+    """The model's trainable parameters (buffers and static parts as `None`), in a structure
+    that does not depend on train/eval mode: what an optax optimizer is initialised on,
+    `optimizer.init(zoo.trainable(model))`."""
+    return _canonical_split(model)[0]
 
 
 def make_train_step(
@@ -83,10 +93,11 @@ def make_train_step(
         (loss, logits, new_model), grads = loss_and_grads(
             model, x, labels, key=key, loss_fn=loss_fn
         )
-        params, buffers, static = split_params_buffers(new_model)
+        params, buffers, static = _canonical_split(new_model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return eqx.combine(params, buffers, static), opt_state, loss, logits
+        set_mode = train_mode if is_training(model) else eval_mode
+        return set_mode(eqx.combine(params, buffers, static)), opt_state, loss, logits
 
     # Zoo models hold only arrays as leaves (flags are static fields), so plain jax.jit applies.
     return jax.jit(step, donate_argnums=(0, 1) if donate else ())

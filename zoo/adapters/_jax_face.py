@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from weights_convert import split_params_buffers
 
-from .._functional import LossFn, cross_entropy, make_train_step
+from .._functional import LossFn, cross_entropy, make_train_step, trainable
 from .._modes import eval_mode, train_mode
 
 
@@ -49,7 +49,7 @@ class JaxModel(eqx.Module):
     @property
     def params(self) -> PyTree:
         """The trainable arrays (a pytree with `None` at buffers)."""
-        return split_params_buffers(self.model)[0]
+        return trainable(self.model)
 
     @property
     def state(self) -> PyTree:

@@ -1,0 +1,240 @@
+"""The two faces against the real torchvision model with identical weights.
+
+Tolerances: eval logits <= 1e-5 abs; train-mode logits and buffers <= 1e-5 abs; gradients
+rtol 1e-4 (atol 1e-4 of the tensor's largest gradient); weights and buffers after three
+SGD-with-momentum steps on both sides <= 1e-4 abs.
+"""
+
+import copy
+import io
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torchvision
+from conftest import max_abs_diff, randomize_batchnorm
+
+import weights_convert as wc
+import zoo
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(2)
+    return randomize_batchnorm(torchvision.models.resnet18(num_classes=10))
+
+
+def fresh_pair(reference):
+    ref = copy.deepcopy(reference)
+    return ref, zoo.load("resnet18", framework="torch", weights=ref.state_dict())
+
+
+def assert_grads_close(ours, theirs, key=""):
+    g = theirs.detach().numpy()
+    np.testing.assert_allclose(ours.detach().numpy(), g, rtol=1e-4,
+                               atol=1e-4 * np.abs(g).max(), err_msg=key)
+
+
+# ---- torch face --------------------------------------------------------------------------
+
+
+def test_state_dict_is_torchvisions_both_ways(reference):
+    ref, face = fresh_pair(reference)
+    assert list(face.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in face.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert [n for n, _ in face.named_buffers()] == [n for n, _ in ref.named_buffers()]
+    torchvision.models.resnet18(num_classes=10).load_state_dict(face.state_dict(), strict=True)
+    other = randomize_batchnorm(torchvision.models.resnet18(num_classes=10), seed=9)
+    face.load_state_dict(other.state_dict(), strict=True)
+    assert all(torch.equal(face.state_dict()[k], v) for k, v in other.state_dict().items())
+    assert face.layer1[0].conv1.weight.shape == (64, 64, 3, 3) and len(face.layer2) == 2
+
+
+def test_parameters_share_memory_with_the_jax_arrays(reference, images):
+    _, face = fresh_pair(reference)
+    with torch.no_grad():
+        face(images(1, 3, 32, 32))
+    tensors = dict(face.named_parameters()) | dict(face.named_buffers())
+    names = face._program.names
+    for index, (ptr, _, array) in face._aliases.items():
+        assert tensors[names[index]].data_ptr() == ptr == array.unsafe_buffer_pointer()
+    # Every parameter and float buffer is aliased (counters stay in torch).
+    assert len(face._aliases) == len(tensors) - 20
+
+
+def test_eval_and_train_logits_buffers_and_grads(reference, images):
+    ref, face = fresh_pair(reference)
+    x = images(4, 3, 64, 64)
+    with torch.no_grad():
+        assert max_abs_diff(face.eval()(x), ref.eval()(x)) <= TOL
+    ref.train(), face.train()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out_face = ref(x1), face(x2)
+    assert max_abs_diff(out_face, out_ref) <= TOL
+    for (k, a), (_, b) in zip(face.named_buffers(), ref.named_buffers(), strict=True):
+        assert max_abs_diff(a, b) <= TOL, k
+    labels = torch.tensor([1, 0, 3, 2])
+    torch.nn.functional.cross_entropy(out_ref, labels).backward()
+    torch.nn.functional.cross_entropy(out_face, labels).backward()
+    for (k, p), (_, q) in zip(face.named_parameters(), ref.named_parameters(), strict=True):
+        assert_grads_close(p.grad, q.grad, k)
+    assert_grads_close(x2.grad, x1.grad, "input")
+
+
+@pytest.mark.parametrize("momentum", [0.9])
+def test_three_sgd_momentum_steps_end_in_the_same_weights(reference, images, momentum):
+    ref, face = fresh_pair(reference)
+    ref.train(), face.train()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=momentum, weight_decay=1e-4)
+            for m in (ref, face)]
+    for step in range(3):
+        x, labels = images(4, 3, 48, 48, seed=step), torch.tensor([step, 1, 2, 3])
+        for m, opt in zip((ref, face), opts, strict=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), labels).backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
+            opt.step()
+    for k, v in ref.state_dict().items():
+        assert max_abs_diff(face.state_dict()[k], v) <= 1e-4, k
+
+
+def test_awkward_gradients_and_inputs_fall_back_to_copies(reference, images):
+    _, face = fresh_pair(reference)
+    face.train()
+    x = images(4, 3, 40, 40)
+    face(x).sum().backward()  # a stride-0 expanded upstream gradient
+    assert face.fc.weight.grad is not None
+    face.zero_grad()
+    face(x.to(memory_format=torch.channels_last)).mean().backward()
+    big = images(5, 3, 41, 41)
+    face.eval()
+    with torch.no_grad():
+        sliced = big[1:, :, 1:, 1:]  # offset, non-contiguous view
+        flat = images(1 + 2 * 3 * 32 * 32).view(-1)[1:].view(2, 3, 32, 32)  # unaligned
+        for awkward, plain in [(sliced, sliced.contiguous()), (flat, flat.clone())]:
+            assert max_abs_diff(face(awkward), face(plain)) == 0.0
+        face(x.t() if x.ndim == 2 else x.transpose(2, 3))
+
+
+def test_no_grad_builds_no_graph_and_leaves_buffers_in_eval(reference, images):
+    _, face = fresh_pair(reference)
+    before = {k: v.clone() for k, v in face.state_dict().items()}
+    with torch.no_grad():
+        out = face(images(2, 3, 32, 32))
+    assert out.grad_fn is None
+    assert all(torch.equal(before[k], v) for k, v in face.state_dict().items())
+
+
+def test_bf16_deepcopy_save_and_compile(reference, images, tmp_path):
+    _, face = fresh_pair(reference)
+    x = images(2, 3, 32, 32)
+    twin = copy.deepcopy(face)
+    assert twin.conv1.weight.data_ptr() != face.conv1.weight.data_ptr()
+    with torch.no_grad():
+        twin.fc.bias.add_(1.0)
+        assert max_abs_diff(twin(x), face(x) + 1.0) <= 1e-4  # the copy computes on its memory
+    buffer = io.BytesIO()
+    torch.save(face.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in face.state_dict().items())
+    half = copy.deepcopy(face).to(torch.bfloat16)
+    with torch.no_grad():
+        out = half(x.to(torch.bfloat16))
+        assert out.dtype == torch.bfloat16
+        assert max_abs_diff(out, face(x)) <= 0.1 * float(face(x).abs().max())
+    compiled = torch.compile(face)
+    with torch.no_grad():
+        assert max_abs_diff(compiled(x), face(x)) == 0.0
+    face.to("cpu")
+    with torch.no_grad():
+        face(x)
+
+
+def test_bad_inputs_are_named_before_computing(reference):
+    _, face = fresh_pair(reference)
+    with pytest.raises(ValueError, match=r"NCHW batch.*add a batch axis"):
+        face(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="expects 3 input channels"):
+        face(torch.zeros(1, 4, 32, 32))
+    with pytest.raises(TypeError, match="floating-point images"):
+        face(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    jface = zoo.load("resnet18", num_classes=10)
+    with pytest.raises(ValueError, match="NHWC input"):
+        jface(np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(TypeError, match="floating-point images"):
+        jface(np.zeros((1, 3, 32, 32), np.int32))
+
+
+# ---- JAX face ----------------------------------------------------------------------------
+
+
+def test_jax_face_logits_train_forward_and_transforms(reference, images):
+    ref = copy.deepcopy(reference)
+    face = zoo.load("resnet18", weights=ref.state_dict())
+    x = images(4, 3, 40, 40)
+    with torch.no_grad():
+        assert max_abs_diff(face(x.numpy()), ref.eval()(x)) <= TOL
+        ref_train = ref.train()(x)
+    logits, face2 = face.train_forward(x.numpy())
+    assert max_abs_diff(logits, ref_train) <= TOL
+    assert max_abs_diff(face2.model.bn1.running_var, ref.bn1.running_var) <= TOL
+    xj = jnp.asarray(x.numpy())
+    assert max_abs_diff(jax.jit(lambda f, x: f(x))(face, xj), face(xj)) <= TOL
+    batched = jax.vmap(lambda xs: face(xs))(jnp.stack([xj, xj * 2]))
+    assert max_abs_diff(batched[1], face(xj * 2)) <= TOL
+    # Plain jax.grad over the trainable arrays (the int BatchNorm counters are not).
+    params, rest = eqx.partition(face, lambda a: eqx.is_inexact_array(a))
+    grads = jax.grad(lambda p: eqx.combine(p, rest)(xj).sum())(params)
+    assert grads.model.fc.weight.shape == (10, 512)
+    assert float(jnp.abs(grads.model.conv1.weight).max()) > 0
+
+
+def test_jax_face_sgd_steps_match_torch(reference, images):
+    ref = copy.deepcopy(reference).train()
+    face = zoo.load("resnet18", weights=ref.state_dict())
+    # lr 0.01: at 0.05 this batch-4 run blows up (loss 1.5 -> 4.3), a chaotic regime where
+    # fp32 rounding differences grow 1000x a step on *any* two implementations.
+    optimizer = optax.sgd(0.01, momentum=0.9)
+    step = face.make_train_step(optimizer)
+    model, opt_state = zoo.train_mode(face.model), face.init_optimizer(optimizer)
+    torch_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+    for i in range(3):
+        x, labels = images(4, 3, 48, 48, seed=i), torch.tensor([i, 1, 2, 3])
+        torch_opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), labels).backward()
+        torch_opt.step()
+        model, opt_state, loss, _ = step(model, opt_state, jnp.asarray(x.numpy()),
+                                         jnp.asarray(labels.numpy()), jax.random.key(i))
+    ours = wc.to_state_dict(model)
+    for k, v in ref.state_dict().items():
+        assert max_abs_diff(ours[k], v) <= 1e-4, k
+
+
+def test_jax_face_data_parallel_sharding_equals_single_device(images):
+    devices = jax.devices()
+    assert len(devices) >= 2, "tests/conftest.py forces two host devices"
+    mesh = jax.sharding.Mesh(np.array(devices[:2]), ("data",))
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    face = zoo.load("cnn")
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    step = zoo.make_train_step(optimizer, donate=False)
+    model = zoo.train_mode(face.model)
+    opt_state = optimizer.init(zoo.trainable(model))
+    x = jnp.asarray(images(8, 3, 32, 32).numpy())
+    y = jnp.arange(8) % 10
+    key = jax.random.key(0)
+    single = step(model, opt_state, x, y, key)
+    sharded = step(jax.device_put(model, replicated), jax.device_put(opt_state, replicated),
+                   jax.device_put(x, batch), jax.device_put(y, batch), key)
+    assert sharded[3].sharding.spec == jax.sharding.PartitionSpec("data")
+    for a, b in zip(jax.tree_util.tree_leaves(single[0]), jax.tree_util.tree_leaves(sharded[0]),
+                    strict=True):
+        assert max_abs_diff(a, b) <= 1e-5
