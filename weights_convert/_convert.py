@@ -39,17 +39,17 @@ def torch_dtype_for(array: Array) -> torch.dtype:
 
 def torch_to_jax(tensor: torch.Tensor, dtype: Any = None, *, copy: bool = False) -> jax.Array:
     """A torch tensor as a JAX array, through DLPack: zero-copy when the tensor is contiguous
-    and aligned, else one copy. `dtype` casts first (used for the int64 -> int32 counter)."""
+    and aligned, else (or with `copy=True`) exactly one copy. `dtype` casts first (used for
+    the int64 -> int32 counter)."""
     tensor = tensor.detach()
     if dtype is not None and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
+    elif copy or not tensor.is_contiguous():
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
     try:
-        array = jax.dlpack.from_dlpack(tensor)
+        return jax.dlpack.from_dlpack(tensor)
     except Exception:  # unsupported layout or alignment: copy rather than fail
-        array = jax.dlpack.from_dlpack(tensor.clone())
-    return jnp.array(array, copy=True) if copy else array
+        return jax.dlpack.from_dlpack(tensor.clone(memory_format=torch.contiguous_format))
 
 
 def jax_to_torch(
