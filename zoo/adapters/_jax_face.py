@@ -29,7 +29,9 @@ class JaxModel(eqx.Module):
     """`zoo.load(..., framework="jax")`: the Equinox model plus jitted functions over it.
 
     Calling it on an NCHW float batch (JAX or NumPy) returns eval-mode logits from a jitted
-    computation. It is a pytree, so it also works inside `jax.jit`, `jax.grad` and `jax.vmap`.
+    computation. It is a pytree, so it also works inside `jax.jit` and `jax.vmap`, and under
+    `jax.grad` with respect to its float arrays (`eqx.filter_grad`, or `eqx.partition` with
+    `eqx.is_inexact_array`: the BatchNorm counters are integers).
 
     **Fields:** `model` (the Equinox module, e.g. `zoo.models.ResNet`), `name` (registry name).
     """
