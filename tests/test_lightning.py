@@ -1,0 +1,232 @@
+"""zoo.lightning.ImageClassifier with the real Lightning Trainer, on real data (sklearn digits)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import lightning as L
+import numpy as np
+import optax
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import zoo
+from zoo.lightning import (
+    ArrayDataset,
+    EpochShuffleSampler,
+    ImageClassifier,
+    digits_arrays,
+    make_data_parallel_step,
+    numpy_collate,
+)
+
+pytestmark = pytest.mark.slow
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return digits_arrays(size=16, seed=0)
+
+
+def loaders(data, n_train=None, batch_size=32, seed=0, num_workers=0):
+    x_train, y_train, x_test, y_test = data
+    if n_train is not None:
+        x_train, y_train = x_train[:n_train], y_train[:n_train]
+    train = ArrayDataset(x_train, y_train)
+    kw = {"collate_fn": numpy_collate, "num_workers": num_workers}
+    if num_workers:
+        kw["persistent_workers"] = True
+    return (
+        DataLoader(
+            train, batch_size, sampler=EpochShuffleSampler(len(train), seed), drop_last=True, **kw
+        ),
+        DataLoader(ArrayDataset(x_test, y_test), batch_size=128, **kw),
+    )
+
+
+def trainer(max_epochs, tmp_path=None, **kwargs):
+    defaults = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**(defaults | kwargs))
+
+
+def weights(module):
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["torch", "jax"])
+def test_digits_held_out_accuracy(digits, mode):
+    """Both modes fine-tune the CNN to >= 95% held-out accuracy on real digits (16x16,
+    3 epochs); JAX mode reads its batches through worker processes as NumPy arrays."""
+    L.seed_everything(0)
+    train, test = loaders(digits, num_workers=1 if mode == "jax" else 0)
+    module = ImageClassifier("cnn", mode=mode, num_classes=10, in_chans=1, lr=0.05)
+    t = trainer(3)
+    t.fit(module, train, test)
+    for name in ("train_loss_epoch", "train_acc_epoch", "val_loss", "val_acc"):
+        assert name in t.logged_metrics and name in t.progress_bar_metrics, name
+    result = t.test(module, test, verbose=False)[0]
+    assert result["test_acc"] >= 0.95, result
+    assert t.global_step == 3 * (len(digits[1]) // 32)
+    # The torch face mirrors the trained weights: its own accuracy matches the logged one.
+    x_test, y_test = digits[2], digits[3]
+    module.model.eval()
+    with torch.no_grad():
+        acc = (module.model(torch.from_numpy(x_test)).argmax(-1).numpy() == y_test).mean()
+    assert abs(acc - result["test_acc"]) < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["torch", "jax"])
+def test_resume_equals_uninterrupted(digits, mode, tmp_path):
+    """Stopping after epoch 1 and resuming with `fit(ckpt_path=...)` ends with the weights of an
+    uninterrupted 2-epoch run. Dropout and BatchNorm are live; dropout keys derive from
+    (seed, epoch, batch_idx) and the sampler's order from (seed, epoch), so the runs are
+    bitwise reproducible on CPU; the tolerance (1e-6) only absorbs nothing-in-particular."""
+    kw = dict(mode=mode, num_classes=10, in_chans=1, lr=0.05, total_steps=16, seed=3)
+
+    def fresh():
+        L.seed_everything(3)
+        return ImageClassifier("cnn", **kw)
+
+    train, _ = loaders(digits, n_train=256)
+    full = fresh()
+    trainer(2).fit(full, train)
+
+    first = fresh()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(1, enable_checkpointing=True, callbacks=[ckpt]).fit(first, train)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert "model.conv1.weight" in saved["state_dict"]
+    assert "model.bn1.running_mean" in saved["state_dict"]
+    if mode == "jax":
+        assert "optax_state" in saved
+    resumed = fresh()
+    t = trainer(2)
+    t.fit(resumed, train, ckpt_path=tmp_path / "last.ckpt")
+    assert t.global_step == 16
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0, msg=k)
+    # ... and the run did move the weights.
+    assert not torch.equal(a["conv1.weight"], weights(fresh())["conv1.weight"])
+
+
+@pytest.mark.parametrize("mode", ["torch", "jax"])
+def test_freeze_backbone_trains_only_the_head(digits, mode):
+    L.seed_everything(0)
+    module = ImageClassifier(
+        "cnn", mode=mode, num_classes=10, in_chans=1, freeze_backbone=True, lr=0.05
+    )
+    before = weights(module)
+    train, _ = loaders(digits, n_train=128)
+    trainer(1).fit(module, train)
+    after = weights(module)
+    for k in before:
+        if k.startswith("fc."):
+            assert not torch.equal(before[k], after[k]), k
+        else:
+            assert torch.equal(before[k], after[k]), k
+
+
+def test_sharded_step_equals_unsharded():
+    """JAX mode's data-parallel step (batch over a 2-device Mesh, params replicated; XLA
+    reduces the loss, gradients and BatchNorm statistics over the global batch) gives the
+    single-device step's model (1e-5)."""
+    if len(jax.devices()) < 2:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2")
+    opt = optax.sgd(0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((3, 8, 3, 32, 32), dtype=np.float32)
+    ys = rng.integers(0, 10, (3, 8)).astype(np.int32)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:2]):
+        placement, step = make_data_parallel_step(opt, devices=devices)
+        model = zoo.train_mode(zoo.load("cnn", framework="equinox", num_classes=10))
+        model, state = (
+            placement.replicate(model),
+            placement.replicate(opt.init(zoo.trainable(model))),
+        )
+        for i in range(3):
+            model, state, loss, _ = step(model, state, xs[i], ys[i], jax.random.key(i))
+        if len(devices) == 2:
+            assert len(placement.shard_batch(xs[0])[0].sharding.device_set) == 2
+        results.append((zoo.lightning._module.wc.named_arrays(model), float(loss)))
+    (one, loss1), (two, loss2) = results
+    assert abs(loss1 - loss2) < 1e-5
+    for k in one:
+        np.testing.assert_allclose(np.asarray(two[k]), np.asarray(one[k]), atol=1e-5, err_msg=k)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import lightning as L, torch
+    from torch.utils.data import DataLoader
+    from zoo.lightning import ArrayDataset, ImageClassifier, digits_arrays, numpy_collate
+
+    devices, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    x, y, _, _ = digits_arrays(size=16, seed=0)
+    loader = DataLoader(ArrayDataset(x[:256], y[:256]), batch_size=batch, shuffle=False,
+                        collate_fn=numpy_collate)
+    L.seed_everything(0)
+    module = ImageClassifier("cnn", mode="torch", num_classes=10, in_chans=1, lr=0.05,
+                             train_bn=False, total_steps=8)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=devices,
+                        strategy="ddp" if devices > 1 else "auto", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, loader)
+    if trainer.global_rank == 0:
+        torch.save(module.model.state_dict(), out)
+    """
+)
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    """Lightning DDP (2 CPU processes, gloo, torch face) with 16 samples per process equals
+    one process with batches of 32, over 8 steps (atol 1e-5).
+
+    BatchNorm choice: DDP computes batch statistics per process (and SyncBatchNorm swaps
+    torch's BatchNorm modules, which the torch face does not have), so train-mode BN would
+    legitimately differ from one process. `train_bn=False` runs the model in eval mode
+    (running statistics, no dropout) while every parameter trains, so the only cross-process
+    reduction is DDP's gradient all-reduce, which is exactly what this test checks. The
+    unshuffled loader lets DistributedSampler's rank-strided split form the same global
+    batches as the single process."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    for devices, batch in ((2, 16), (1, 32)):
+        subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(devices),
+                str(batch),
+                str(tmp_path / f"{devices}.pt"),
+            ],
+            check=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+    ddp, single = torch.load(tmp_path / "2.pt"), torch.load(tmp_path / "1.pt")
+    initial = ImageClassifier("cnn", num_classes=10, in_chans=1).model.state_dict()
+    assert not torch.equal(single["conv1.weight"], initial["conv1.weight"])
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=0, msg=k)
