@@ -175,20 +175,23 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import sys
     import lightning as L, torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
     from zoo.lightning import ArrayDataset, ImageClassifier, digits_arrays, numpy_collate
 
     devices, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     x, y, _, _ = digits_arrays(size=16, seed=0)
-    loader = DataLoader(ArrayDataset(x[:256], y[:256]), batch_size=batch, shuffle=False,
-                        collate_fn=numpy_collate)
     L.seed_everything(0)
     module = ImageClassifier("cnn", mode="torch", num_classes=10, in_chans=1, lr=0.05,
                              train_bn=False, total_steps=8)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=devices,
                         strategy="ddp" if devices > 1 else "auto", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, use_distributed_sampler=False)
+    # Rank r takes samples r, r + 2, ... in order (Lightning's own DistributedSampler would
+    # shuffle), so each step's global batch is the single process's batch.
+    data = ArrayDataset(x[:256], y[:256])
+    sampler = DistributedSampler(data, trainer.world_size, trainer.global_rank, shuffle=False)
+    loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=numpy_collate)
     trainer.fit(module, loader)
     if trainer.global_rank == 0:
         torch.save(module.model.state_dict(), out)
@@ -204,8 +207,8 @@ def test_ddp_two_processes_equal_one(tmp_path):
     torch's BatchNorm modules, which the torch face does not have), so train-mode BN would
     legitimately differ from one process. `train_bn=False` runs the model in eval mode
     (running statistics, no dropout) while every parameter trains, so the only cross-process
-    reduction is DDP's gradient all-reduce, which is exactly what this test checks. The
-    unshuffled loader lets DistributedSampler's rank-strided split form the same global
+    reduction is DDP's gradient all-reduce, which is exactly what this test checks. An
+    unshuffled rank-strided split (an explicit sampler in both runs) forms the same global
     batches as the single process."""
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
