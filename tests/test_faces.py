@@ -37,8 +37,9 @@ def fresh_pair(reference):
 
 def assert_grads_close(ours, theirs, key=""):
     g = theirs.detach().numpy()
-    np.testing.assert_allclose(ours.detach().numpy(), g, rtol=1e-4,
-                               atol=1e-4 * np.abs(g).max(), err_msg=key)
+    np.testing.assert_allclose(
+        ours.detach().numpy(), g, rtol=1e-4, atol=1e-4 * np.abs(g).max(), err_msg=key
+    )
 
 
 # ---- torch face --------------------------------------------------------------------------
@@ -91,8 +92,10 @@ def test_eval_and_train_logits_buffers_and_grads(reference, images):
 def test_three_sgd_momentum_steps_end_in_the_same_weights(reference, images, momentum):
     ref, face = fresh_pair(reference)
     ref.train(), face.train()
-    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=momentum, weight_decay=1e-4)
-            for m in (ref, face)]
+    opts = [
+        torch.optim.SGD(m.parameters(), lr=0.05, momentum=momentum, weight_decay=1e-4)
+        for m in (ref, face)
+    ]
     for step in range(3):
         x, labels = images(4, 3, 48, 48, seed=step), torch.tensor([step, 1, 2, 3])
         for m, opt in zip((ref, face), opts, strict=True):
@@ -210,8 +213,9 @@ def test_jax_face_sgd_steps_match_torch(reference, images):
         torch_opt.zero_grad()
         torch.nn.functional.cross_entropy(ref(x), labels).backward()
         torch_opt.step()
-        model, opt_state, loss, _ = step(model, opt_state, jnp.asarray(x.numpy()),
-                                         jnp.asarray(labels.numpy()), jax.random.key(i))
+        model, opt_state, _, _ = step(
+            model, opt_state, jnp.asarray(x.numpy()), jnp.asarray(labels.numpy()), jax.random.key(i)
+        )
     ours = wc.to_state_dict(model)
     for k, v in ref.state_dict().items():
         assert max_abs_diff(ours[k], v) <= 1e-4, k
@@ -232,9 +236,15 @@ def test_jax_face_data_parallel_sharding_equals_single_device(images):
     y = jnp.arange(8) % 10
     key = jax.random.key(0)
     single = step(model, opt_state, x, y, key)
-    sharded = step(jax.device_put(model, replicated), jax.device_put(opt_state, replicated),
-                   jax.device_put(x, batch), jax.device_put(y, batch), key)
+    sharded = step(
+        jax.device_put(model, replicated),
+        jax.device_put(opt_state, replicated),
+        jax.device_put(x, batch),
+        jax.device_put(y, batch),
+        key,
+    )
     assert sharded[3].sharding.spec == jax.sharding.PartitionSpec("data")
-    for a, b in zip(jax.tree_util.tree_leaves(single[0]), jax.tree_util.tree_leaves(sharded[0]),
-                    strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(single[0]), jax.tree_util.tree_leaves(sharded[0]), strict=True
+    ):
         assert max_abs_diff(a, b) <= 1e-5

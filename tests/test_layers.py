@@ -141,7 +141,10 @@ def test_batchnorm_gradients_match_torch_with_an_offset_input(train, images):
         return (bn(x)[0] * jnp.asarray(upstream.numpy())).sum()
 
     g_bn, g_x = eqx.filter_grad(lambda args: loss(*args))((bn, jnp.asarray(x.numpy())))
-    for ours, theirs in [(g_bn.weight, torch_bn.weight.grad), (g_bn.bias, torch_bn.bias.grad),
-                         (g_x, xt.grad)]:
+    for ours, theirs in [
+        (g_bn.weight, torch_bn.weight.grad),
+        (g_bn.bias, torch_bn.bias.grad),
+        (g_x, xt.grad),
+    ]:
         t = theirs.numpy()
         np.testing.assert_allclose(np.asarray(ours), t, rtol=1e-4, atol=1e-4 * np.abs(t).max())

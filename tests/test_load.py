@@ -31,9 +31,10 @@ def test_unknown_name_lists_close_matches():
 
 def test_register_model_makes_an_architecture_loadable():
     zoo.register_model(
-        "tiny_resnet", lambda key, **kw: zoo.models.ResNet(zoo.models.BasicBlock, (1, 1, 1, 1),
-                                                           key=key, **kw),
-        overwrite=True, num_classes=5,
+        "tiny_resnet",
+        lambda key, **kw: zoo.models.ResNet(zoo.models.BasicBlock, (1, 1, 1, 1), key=key, **kw),
+        overwrite=True,
+        num_classes=5,
     )
     m = zoo.load("tiny_resnet", num_classes=5)
     assert m(jnp.zeros((2, 3, 32, 32))).shape == (2, 5)
@@ -62,8 +63,12 @@ def test_weights_from_state_dict_safetensors_and_pth(tv18, tmp_path, images):
     x = images(2, 3, 48, 48)
     with torch.no_grad():
         ref = tv18(x)
-    for source in [sd, tmp_path / "w.safetensors", str(tmp_path / "w.pth"),
-                   tmp_path / "timm_style.pth.tar.pt"]:
+    for source in [
+        sd,
+        tmp_path / "w.safetensors",
+        str(tmp_path / "w.pth"),
+        tmp_path / "timm_style.pth.tar.pt",
+    ]:
         m = zoo.load("resnet18", weights=source)
         _assert_same_weights(m, sd)
         assert max_abs_diff(m(x.numpy()), ref) <= 1e-5
@@ -86,7 +91,7 @@ def test_num_classes_and_in_chans_follow_the_checkpoint_or_adapt(tv18):
 
 def test_wrong_architecture_weights_fail_loudly():
     sd = torchvision.models.resnet34().state_dict()
-    with pytest.raises(wc.ConversionError, match="unexpected key 'layer1.2.conv1.weight'"):
+    with pytest.raises(wc.ConversionError, match=r"unexpected key 'layer1\.2\.conv1\.weight'"):
         zoo.load("resnet18", weights=sd)
 
 
@@ -94,12 +99,11 @@ def test_non_finite_weights_fail_at_load(tv18):
     sd = dict(tv18.state_dict())
     sd["fc.weight"] = sd["fc.weight"].clone()
     sd["fc.weight"][0, 0] = float("inf")
-    with pytest.raises(wc.ConversionError, match="non-finite values .* 'fc.weight'"):
+    with pytest.raises(wc.ConversionError, match=r"non-finite values .* 'fc\.weight'"):
         zoo.load("resnet18", weights=sd, framework="torch")
 
 
-def test_torchvision_weights_use_torchvisions_url_up_to_the_network(tv18, tmp_path,
-                                                                      monkeypatch):
+def test_torchvision_weights_use_torchvisions_url_up_to_the_network(tv18, tmp_path, monkeypatch):
     """Only the download is mocked: torch's hub cache, its file naming and the
     `weights_only` load run for real."""
     requested = []
@@ -120,8 +124,9 @@ def test_torchvision_weights_use_torchvisions_url_up_to_the_network(tv18, tmp_pa
 def test_to_torchvision_returns_the_native_model(tv18, images):
     x = images(2, 3, 40, 40)
     for framework in ("jax", "torch"):
-        native = zoo.to_torchvision(zoo.load("resnet18", framework=framework,
-                                             weights=tv18.state_dict()))
+        native = zoo.to_torchvision(
+            zoo.load("resnet18", framework=framework, weights=tv18.state_dict())
+        )
         assert type(native) is torchvision.models.ResNet
         with torch.no_grad():
             assert max_abs_diff(native(x), tv18(x)) == 0.0
