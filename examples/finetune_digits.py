@@ -185,18 +185,18 @@ def main(argv=None) -> dict:
         "--quick",
         action="store_true",
         default=os.environ.get("ZOO_EXAMPLE_QUICK", "") not in ("", "0"),
-        help="tiny run (1 epoch, 16x16, a subset) for smoke tests; or ZOO_EXAMPLE_QUICK=1",
+        help="tiny run (2 epochs, 16x16, half the data) for smoke tests; or ZOO_EXAMPLE_QUICK=1",
     )
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = 1 if args.quick else DEFAULTS[args.model][2]
+        args.epochs = 2 if args.quick else DEFAULTS[args.model][2]
     if args.quick:
         args.size = min(args.size, 16)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = digits_arrays(size=args.size, seed=args.seed)
-    if args.quick:  # a quarter of the data
+    if args.quick:  # half the training data
         x_train, y_train, x_test, y_test = data
-        data = (x_train[:384], y_train[:384], x_test[:128], y_test[:128])
+        data = (x_train[:768], y_train[:768], x_test, y_test)
     modes = ["torch", "jax"] if args.mode == "both" else [args.mode]
     results = {mode: run(mode, args, data) for mode in modes}
     figure = plot(results, args)
