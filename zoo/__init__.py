@@ -18,5 +18,6 @@ from ._registry import (
 )
 from ._sources import WeightsError as WeightsError
 from .adapters import JaxModel as JaxModel, TorchModel as TorchModel
+from .hub import push_to_hub as push_to_hub, save_pretrained as save_pretrained
 
 __version__ = "0.1.0"

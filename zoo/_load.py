@@ -24,6 +24,10 @@ def resolve_weights(info: ModelInfo, weights: Any) -> tuple[dict[str, torch.Tens
     just read: they can be shared without a copy) or the caller does (copy them)."""
     if isinstance(weights, Mapping):
         return dict(weights), False
+    if isinstance(weights, str) and weights.startswith(("hf-hub:", "local-dir:")):
+        from .hub import source_state_dict
+
+        return source_state_dict(weights, info), True
     if isinstance(weights, str) and weights in TORCHVISION_TAGS:
         if info.torchvision_weights is None:
             raise WeightsError(f"torchvision has no pretrained weights for {info.name!r}")
@@ -77,6 +81,19 @@ def load(
 
     **Returns:** a `JaxModel`, a `TorchModel` or an Equinox module.
     """
+    if name.startswith(("hf-hub:", "local-dir:")):  # an exported folder names its architecture
+        from .hub import load_source
+
+        return load_source(
+            name,
+            framework=framework,
+            weights=weights,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            strict=strict,
+            key=key,
+            **kwargs,
+        )
     info = get_model_info(name)
     if framework not in ("jax", "torch", "equinox"):
         raise ValueError(f"framework must be 'jax', 'torch' or 'equinox', not {framework!r}")

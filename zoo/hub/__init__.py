@@ -1,0 +1,18 @@
+"""Hugging Face Hub interop: export to a Hub-ready folder, push it, load it back.
+
+`zoo.load("hf-hub:org/name[@revision]")` and `zoo.load("local-dir:/path")` dispatch here.
+"""
+
+from ._export import (
+    build_card as build_card,
+    build_config as build_config,
+    push_to_hub as push_to_hub,
+    save_pretrained as save_pretrained,
+)
+from ._sources import (
+    fetch as fetch,
+    is_source as is_source,
+    load_source as load_source,
+    read_config as read_config,
+    source_state_dict as source_state_dict,
+)
