@@ -299,9 +299,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
             xs = [j + (i - (len(FRAMEWORKS) - 1) / 2) * width for j in range(len(labels))]
             ax.bar(xs, values, width, label=name)
         ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")  # ratios span 0.05x to 100x
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("images/s relative to torch eager")
-        ax.set_title(f"{title}, fp32, {results['meta']['threads']} threads (0 = not run)")
+        ax.set_title(f"{title}, fp32, {results['meta']['threads']} threads (missing bar = not run)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
