@@ -141,3 +141,10 @@ def test_bad_framework_and_bad_weights_type():
         zoo.load("cnn", weights=42)
     with pytest.raises(zoo.WeightsError, match="no weights file"):
         zoo.load("cnn", weights="/nonexistent/w.safetensors")
+
+
+def test_wrong_architecture_file_names_the_file(tmp_path):
+    path = tmp_path / "r34.safetensors"
+    safetensors.torch.save_file(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(wc.ConversionError, match=r"r34\.safetensors, loaded as 'resnet18'"):
+        zoo.load("resnet18", weights=path)

@@ -106,15 +106,25 @@ def load(
         _infer(state_dict, info, kwargs)
     model = info.builder(key=jax.random.key(0) if key is None else key, **kwargs)
     if state_dict is not None:
-        model, _ = wc.load_state_dict(
-            model,
-            state_dict,
-            strict=strict,
-            adapt=num_classes is not None or in_chans is not None,
-            first_conv=info.pretrained_cfg["first_conv"],
-            classifier=info.pretrained_cfg["classifier"],
-            copy=not owned,
-        )
+        try:
+            model, _ = wc.load_state_dict(
+                model,
+                state_dict,
+                strict=strict,
+                adapt=num_classes is not None or in_chans is not None,
+                first_conv=info.pretrained_cfg["first_conv"],
+                classifier=info.pretrained_cfg["classifier"],
+                copy=not owned,
+            )
+        except wc.ConversionError as e:
+            if not isinstance(weights, str | os.PathLike):
+                raise
+            raise wc.ConversionError(
+                e.report,
+                f"(weights from {weights}, loaded as {name!r}: a checkpoint of another "
+                "architecture? `zoo info` on the file shows what it holds; strict=False loads "
+                "what fits.)",
+            ) from e
     model = eval_mode(model)
     if framework == "equinox":
         return model
