@@ -1,0 +1,63 @@
+"""The examples this suite owns run end to end in their quick mode (`--quick`) and finish with
+a sensible last line. Each runs in a fresh subprocess, in a temporary working directory."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(script: str, tmp_path: Path, *args: str) -> list[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--quick", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines, f"{script} printed nothing"
+    return lines
+
+
+@pytest.mark.slow
+def test_quickstart(tmp_path):
+    lines = run_example("quickstart.py", tmp_path)
+    assert lines[-1].startswith("quickstart OK"), lines[-1]
+    assert any("reloaded equal: True" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_convert_and_check(tmp_path):
+    lines = run_example("convert_and_check.py", tmp_path)
+    last = lines[-1]
+    assert last.startswith("PASS: max abs diff"), last
+    diff = float(re.search(r"max abs diff ([0-9.e+-]+)", last).group(1))
+    assert diff < 1e-4
+    assert last.endswith("round trip bit-exact: True")
+
+
+@pytest.mark.slow
+def test_jax_training_loop(tmp_path):
+    lines = run_example("jax_training_loop.py", tmp_path)
+    match = re.fullmatch(r"final held-out accuracy: ([0-9.]+) on (\d+) digits", lines[-1])
+    assert match, lines[-1]
+    assert float(match.group(1)) > 0.25  # chance is 0.1; one quick epoch reaches ~0.45
+    assert int(match.group(2)) == 360
+
+
+@pytest.mark.slow
+def test_hub_roundtrip(tmp_path):
+    lines = run_example("hub_roundtrip.py", tmp_path, "--out", str(tmp_path / "export"))
+    assert lines[-1].startswith("PASS: round trip"), lines[-1]
+    assert (tmp_path / "export" / "model.safetensors").exists()
+    assert (tmp_path / "export" / "config.json").exists()
