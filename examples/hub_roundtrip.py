@@ -72,7 +72,7 @@ def main() -> None:
 
     print(
         f"to publish: zoo.push_to_hub(face, 'your-org/{name}-pets', label_names=...)"
-        f"  or  zoo push {folder} your-org/{name}-pets"
+        f"  or  zoo push {args.out or 'EXPORTED_DIR'} your-org/{name}-pets"
     )
     ok = all(np.array_equal(v, expected) for v in results.values()) and torch_diff < 1e-4
     print(f"{'PASS' if ok else 'FAIL'}: round trip through {folder.name} is bit-identical")
