@@ -23,22 +23,12 @@ import jax.numpy as jnp
 import torch
 from torch import nn
 
-from weights_convert import is_buffer_name, named_arrays
+# torch_to_jax: zero-copy where DLPack allows, one contiguous copy otherwise (stride-0
+# expanded grads, channels_last or sliced inputs, unaligned views): never an error.
+from weights_convert import is_buffer_name, named_arrays, torch_to_jax as _to_jax
 
 from .._modes import eval_mode, train_mode
 from ..models._checks import check_image_batch
-
-
-def _to_jax(tensor: torch.Tensor) -> jax.Array:
-    """Zero-copy where DLPack allows; a contiguous copy otherwise (stride-0 expanded grads,
-    channels_last or sliced inputs, unaligned views): never an error."""
-    tensor = tensor.detach()
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
-    try:
-        return jax.dlpack.from_dlpack(tensor)
-    except Exception:
-        return jax.dlpack.from_dlpack(tensor.clone())
 
 
 def _is_counter(name: str) -> bool:
