@@ -10,6 +10,7 @@ from conftest import max_abs_diff
 
 import weights_convert as wc
 from zoo import eval_mode, layers
+from zoo.layers import lowers_to_matmul
 
 TOL = 1e-5
 
@@ -44,6 +45,93 @@ def test_maxpool_pads_with_minus_infinity(kernel, stride, padding, size, images)
     out = layers.MaxPool2d(kernel, stride, padding)(jnp.asarray(x.numpy()))
     assert out.shape == tuple(ref.shape)
     assert max_abs_diff(out, ref) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [
+        (3, 1, 1, (2, 2)),  # layer3 of ResNet at 32x32
+        (3, 1, 1, (1, 1)),  # layer4: only the centre tap sees data
+        (3, 2, 1, (4, 4)),  # stride 2 into a 2x2 map
+        (3, 2, 1, (2, 2)),  # stride 2 into a 1x1 map
+        (3, 2, 1, (3, 3)),  # odd size, some taps read padding only on one side
+        (7, 2, 3, (2, 3)),  # the stem on a tiny, non-square input
+        (1, 2, 0, (7, 7)),  # 1x1 stride-2 downsample, any size
+        (1, 1, 0, (5, 6)),  # 1x1 stride-1 (Bottleneck), any size
+        ((3, 1), (1, 2), (1, 0), (2, 3)),  # non-square kernel, stride, padding
+    ],
+)
+def test_conv2d_matmul_lowering_matches_torch_with_gradients(
+    kernel, stride, padding, size, images
+):
+    """The convolutions computed as im2col + matmul (see `lowers_to_matmul`) agree with torch
+    in the forward, the input gradient and the weight/bias gradients."""
+    torch_conv = torch.nn.Conv2d(8, 12, kernel, stride, padding, bias=True)
+    conv = layers.Conv2d(8, 12, kernel, stride, padding, key=jax.random.key(0))
+    conv, _ = wc.load_state_dict(conv, torch_conv.state_dict())
+    assert lowers_to_matmul(conv, *size)
+    x = images(3, 8, *size).requires_grad_()
+    ref = torch_conv(x)
+    cotangent = images(*ref.shape, seed=1)
+    (ref * cotangent).sum().backward()
+
+    out, vjp = jax.vjp(lambda c, x: c(x), conv, jnp.asarray(x.detach().numpy()))
+    conv_grad, x_grad = vjp(jnp.asarray(cotangent.numpy()))
+    assert out.shape == tuple(ref.shape)
+    assert max_abs_diff(out, ref) <= TOL
+    assert max_abs_diff(x_grad, x.grad) <= TOL
+    assert max_abs_diff(conv_grad.weight, torch_conv.weight.grad) <= 1e-4
+    assert max_abs_diff(conv_grad.bias, torch_conv.bias.grad) <= 1e-4
+
+
+def test_conv2d_keeps_xla_convolution_where_its_kernel_is_fast():
+    conv = layers.Conv2d(8, 8, 3, padding=1, key=jax.random.key(0))
+    assert not lowers_to_matmul(conv, 4, 4)  # 16 output pixels: XLA's own kernel wins
+    grouped = layers.Conv2d(8, 8, 3, padding=1, groups=2, key=jax.random.key(0))
+    assert not lowers_to_matmul(grouped, 1, 1)
+    dilated = layers.Conv2d(8, 8, 3, padding=2, dilation=2, key=jax.random.key(0))
+    assert not lowers_to_matmul(dilated, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [
+        (3, 2, 1, (112, 112)),  # the ResNet stem's pool
+        (3, 2, 1, (9, 8)),
+        (2, 2, 0, (7, 6)),  # windows that do not cover the last row/column
+        (3, 1, 1, (5, 5)),  # overlapping stride-1 windows
+        ((3, 2), (2, 1), (1, 0), (7, 6)),
+        (5, 3, 2, (11, 9)),
+    ],
+)
+def test_maxpool_gradient_matches_torch_including_ties(kernel, stride, padding, size, images):
+    """Each output's gradient goes to the first maximal element of its window (row-major), as
+    torch's kernel routes it: checked on a ReLU output (many zeros tie) and with planted
+    ties of positive values."""
+    x = torch.relu(images(2, 3, *size))
+    x[0, 0, :3, :3] = 2.0
+    x[1, 2, ::2, ::2] = 3.0
+    x.requires_grad_()
+    ref = torch.nn.functional.max_pool2d(x, kernel, stride, padding)
+    cotangent = images(*ref.shape, seed=1)
+    (ref * cotangent).sum().backward()
+    pool = layers.MaxPool2d(kernel, stride, padding)
+    out, vjp = jax.vjp(pool, jnp.asarray(x.detach().numpy()))
+    assert max_abs_diff(out, ref) == 0.0
+    assert max_abs_diff(vjp(jnp.asarray(cotangent.numpy()))[0], x.grad) == 0.0
+
+
+def test_maxpool_supports_forward_mode_autodiff(images):
+    x = jnp.asarray(images(2, 3, 9, 9).numpy())
+    tangent = jnp.asarray(images(2, 3, 9, 9, seed=1).numpy())
+    pool = layers.MaxPool2d(3, 2, 1)
+    _, jvp_out = jax.jvp(pool, (x,), (tangent,))
+    # Linear in the tangent, and equal to the transpose of the VJP: <J t, c> == <t, J^T c>.
+    cotangent = jnp.asarray(images(*jvp_out.shape, seed=2).numpy())
+    (vjp_out,) = jax.vjp(pool, x)[1](cotangent)
+    np.testing.assert_allclose(
+        float(jnp.vdot(jvp_out, cotangent)), float(jnp.vdot(tangent, vjp_out)), rtol=1e-5
+    )
 
 
 def _bn_pair(momentum=0.1, seed=0):

@@ -4,6 +4,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._init import torch_default_uniform
@@ -11,6 +12,68 @@ from ._init import torch_default_uniform
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+# XLA:CPU has no library kernel for convolutions whose output map is tiny (ResNet's layer3
+# and layer4 on a 32x32 input: 2x2 and 1x1 maps, 256-512 channels) and falls back to a
+# generic loop 20-60x slower than one matmul; a 1x1 convolution is a matmul at any size.
+# Measured per shape in benchmarks/conv_lowering.py; see benchmarks/README.md.
+_MATMUL_MAX_OUTPUT_PIXELS = 4
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def lowers_to_matmul(conv: "Conv2d", height: int, width: int) -> bool:
+    """Whether `conv` on a `height x width` input is computed as one matmul (im2col) instead
+    of XLA's convolution: ungrouped, undilated, and either a 1x1 kernel or an output of at
+    most 4 pixels."""
+    if conv.groups != 1 or conv.dilation != (1, 1):
+        return False
+    if conv.kernel_size == (1, 1) and conv.padding == (0, 0):
+        return True
+    out_h = _output_size(height, conv.kernel_size[0], conv.stride[0], conv.padding[0], 1)
+    out_w = _output_size(width, conv.kernel_size[1], conv.stride[1], conv.padding[1], 1)
+    return out_h * out_w <= _MATMUL_MAX_OUTPUT_PIXELS
+
+
+def _conv_as_matmul(
+    x: Array, weight: Array, stride: tuple[int, int], padding: tuple[int, int]
+) -> Array:
+    """An ungrouped, undilated NCHW convolution as im2col + one `(B*H*W, C*kh*kw) @
+    (C*kh*kw, O)` matmul. Taps that only ever see padding are dropped, so a 3x3/pad-1
+    convolution on a 1x1 map is a plain matmul with the centre tap."""
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    out_h = _output_size(height, kh, sh, ph, 1)
+    out_w = _output_size(width, kw, sw, pw, 1)
+    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    taps, columns = [], []
+    for i in range(kh):
+        rows = range(i, i + sh * (out_h - 1) + 1, sh)
+        if all(r < ph or r >= ph + height for r in rows):
+            continue  # this kernel row only ever covers padding
+        for j in range(kw):
+            cols = range(j, j + sw * (out_w - 1) + 1, sw)
+            if all(c < pw or c >= pw + width for c in cols):
+                continue
+            taps.append((i, j))
+            columns.append(
+                jax.lax.slice(
+                    xp,
+                    (0, 0, i, j),
+                    (batch, channels, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1),
+                    (1, 1, sh, sw),
+                )
+            )
+    # (B, C, taps, H', W') -> (B, H', W', C, taps): channel-major like the OIHW weight.
+    patches = jnp.stack(columns, axis=2).transpose(0, 3, 4, 1, 2)
+    patches = patches.reshape(batch * out_h * out_w, channels * len(taps))
+    kernel = jnp.stack([weight[:, :, i, j] for i, j in taps], axis=2)  # (O, C, taps)
+    out = patches @ kernel.reshape(out_channels, channels * len(taps)).T
+    return out.reshape(batch, out_h, out_w, out_channels).transpose(0, 3, 1, 2)
 
 
 class Conv2d(eqx.Module):
@@ -73,15 +136,19 @@ class Conv2d(eqx.Module):
         self, x: Float[Array, "batch in_channels height width"]
     ) -> Float[Array, "batch out_channels out_height out_width"]:
         (ph, pw) = self.padding
-        y = jax.lax.conv_general_dilated(
-            x,
-            self.weight.astype(x.dtype),
-            window_strides=self.stride,
-            padding=((ph, ph), (pw, pw)),
-            rhs_dilation=self.dilation,
-            feature_group_count=self.groups,
-            dimension_numbers=("NCHW", "OIHW", "NCHW"),
-        )
+        weight = self.weight.astype(x.dtype)
+        if lowers_to_matmul(self, x.shape[-2], x.shape[-1]):
+            y = _conv_as_matmul(x, weight, self.stride, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x,
+                weight,
+                window_strides=self.stride,
+                padding=((ph, ph), (pw, pw)),
+                rhs_dilation=self.dilation,
+                feature_group_count=self.groups,
+                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            )
         if self.bias is not None:
             y = y + self.bias.astype(y.dtype)[None, :, None, None]
         return y
