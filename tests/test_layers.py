@@ -61,9 +61,7 @@ def test_maxpool_pads_with_minus_infinity(kernel, stride, padding, size, images)
         ((3, 1), (1, 2), (1, 0), (2, 3)),  # non-square kernel, stride, padding
     ],
 )
-def test_conv2d_matmul_lowering_matches_torch_with_gradients(
-    kernel, stride, padding, size, images
-):
+def test_conv2d_matmul_lowering_matches_torch_with_gradients(kernel, stride, padding, size, images):
     """The convolutions computed as im2col + matmul (see `lowers_to_matmul`) agree with torch
     in the forward, the input gradient and the weight/bias gradients."""
     torch_conv = torch.nn.Conv2d(8, 12, kernel, stride, padding, bias=True)
