@@ -1,7 +1,10 @@
 """The weight converter: names, round trips, strictness, adaptation and memory sharing."""
 
+import gc
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -137,6 +140,37 @@ def test_copy_false_shares_memory_and_default_copies(tv_resnet18):
     )
     exported = wc.to_state_dict(shared, copy=False)
     assert exported["fc.weight"].data_ptr() == sd["fc.weight"].data_ptr()
+
+
+def test_copy_false_aliases_every_float_array_and_copy_true_none(tv_resnet18):
+    sd = tv_resnet18.state_dict()
+    for copy, expected in ((False, 102), (True, 0)):
+        model, _ = wc.load_state_dict(zoo.models.resnet18(), sd, copy=copy)
+        arrays = wc.named_arrays(model)
+        aliased = sum(arrays[k].unsafe_buffer_pointer() == v.data_ptr() for k, v in sd.items())
+        assert aliased == expected, copy  # the 20 int64 counters are always cast to int32
+
+
+def test_tensors_to_jax_handles_every_layout_and_outlives_the_tensor():
+    contiguous = torch.randn(64, 32)
+    kept = contiguous.clone()
+    transposed = torch.randn(8, 5).t()
+    half = torch.randn(4, 3, dtype=torch.bfloat16)  # NumPy cannot view it: DLPack path
+    counter = torch.tensor(7)
+    arrays = wc.tensors_to_jax(
+        [contiguous, transposed, half, counter], [None, None, None, torch.int32]
+    )
+    assert arrays[0].unsafe_buffer_pointer() == contiguous.data_ptr()
+    np.testing.assert_array_equal(np.asarray(arrays[1]), transposed.numpy())
+    assert arrays[2].dtype == jnp.bfloat16
+    assert torch.equal(torch.from_dlpack(arrays[2]), half)
+    assert arrays[3].dtype == jnp.int32 and int(arrays[3]) == 7
+    assert all(a.committed and a.devices() == {jax.devices("cpu")[0]} for a in arrays)
+    # The JAX array keeps the shared memory alive after torch lets go of it.
+    del contiguous
+    gc.collect()
+    _ = [torch.randn(64, 32) for _ in range(50)]
+    np.testing.assert_array_equal(np.asarray(arrays[0]), kept.numpy())
 
 
 def test_split_params_buffers_separates_batchnorm_state():
