@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 import zoo
 from zoo.lightning import (
@@ -21,7 +20,8 @@ from zoo.lightning import (
     ImageClassifier,
     digits_arrays,
     make_data_parallel_step,
-    numpy_collate,
+    numpy_loader,
+    worker_context,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,15 +38,26 @@ def loaders(data, n_train=None, batch_size=32, seed=0, num_workers=0):
     if n_train is not None:
         x_train, y_train = x_train[:n_train], y_train[:n_train]
     train = ArrayDataset(x_train, y_train)
-    kw = {"collate_fn": numpy_collate, "num_workers": num_workers}
-    if num_workers:
-        kw["persistent_workers"] = True
     return (
-        DataLoader(
-            train, batch_size, sampler=EpochShuffleSampler(len(train), seed), drop_last=True, **kw
+        numpy_loader(
+            train,
+            batch_size,
+            sampler=EpochShuffleSampler(len(train), seed),
+            drop_last=True,
+            num_workers=num_workers,
         ),
-        DataLoader(ArrayDataset(x_test, y_test), batch_size=128, **kw),
+        numpy_loader(ArrayDataset(x_test, y_test), 128, num_workers=num_workers),
     )
+
+
+class BatchTypes(L.Callback):
+    """Records the types of the batches that reach `training_step`."""
+
+    def __init__(self):
+        self.types = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.types.add((type(batch[0]), type(batch[1])))
 
 
 def trainer(max_epochs, tmp_path=None, **kwargs):
@@ -70,12 +81,17 @@ def weights(module):
 @pytest.mark.parametrize("mode", ["torch", "jax"])
 def test_digits_held_out_accuracy(digits, mode):
     """Both modes fine-tune the CNN to >= 95% held-out accuracy on real digits (16x16,
-    3 epochs); JAX mode reads its batches through worker processes as NumPy arrays."""
+    3 epochs); JAX mode reads its batches through a worker process (started with
+    forkserver/spawn, never forked from this JAX-threaded process) as NumPy arrays."""
     L.seed_everything(0)
     train, test = loaders(digits, num_workers=1 if mode == "jax" else 0)
+    if mode == "jax":
+        assert train.multiprocessing_context.get_start_method() == worker_context() != "fork"
     module = ImageClassifier("cnn", mode=mode, num_classes=10, in_chans=1, lr=0.05)
-    t = trainer(3)
+    types = BatchTypes()
+    t = trainer(3, callbacks=[types])
     t.fit(module, train, test)
+    assert types.types == {(np.ndarray, np.ndarray)}, types.types  # NumPy until JAX/torch
     for name in ("train_loss_epoch", "train_acc_epoch", "val_loss", "val_acc"):
         assert name in t.logged_metrics and name in t.progress_bar_metrics, name
     result = t.test(module, test, verbose=False)[0]
@@ -140,6 +156,79 @@ def test_freeze_backbone_trains_only_the_head(digits, mode):
             assert not torch.equal(before[k], after[k]), k
         else:
             assert torch.equal(before[k], after[k]), k
+
+
+@pytest.mark.parametrize("mode", ["torch", "jax"])
+def test_freeze_backbone_modes(digits, mode):
+    """With a frozen backbone, training runs the backbone in eval mode (BatchNorm uses its
+    running statistics and leaves them untouched) and the head in train mode (its dropout is
+    live). With lr=0 the weights never move, so the epoch's training loss equals the
+    held-out loss on the same images exactly when the training forward is the eval forward:
+    it must for drop_rate=0 (BatchNorm in eval mode) and must not for drop_rate=0.9
+    (dropout live); the old behaviour (everything in eval mode) failed the second."""
+    x_train, y_train = digits[0][:128], digits[1][:128]
+    gaps = {}
+    for drop_rate in (0.0, 0.9):
+        L.seed_everything(0)
+        module = ImageClassifier(
+            "cnn",
+            mode=mode,
+            num_classes=10,
+            in_chans=1,
+            freeze_backbone=True,
+            lr=0.0,
+            scheduler=None,
+            drop_rate=drop_rate,
+        )
+        before = weights(module)
+        train, same = loaders((x_train, y_train, x_train, y_train), batch_size=32)
+        t = trainer(1)
+        t.fit(module, train, same)
+        m = t.callback_metrics
+        gaps[drop_rate] = abs(float(m["train_loss_epoch"]) - float(m["val_loss"]))
+        after = weights(module)
+        for k in before:  # BatchNorm buffers (running stats, counters) included
+            assert torch.equal(before[k], after[k]), k
+    assert gaps[0.0] < 1e-5, gaps
+    assert gaps[0.9] > 1e-2, gaps
+
+
+def test_freeze_backbone_head_modes_in_equinox():
+    """The JAX-mode model: BatchNorm in eval mode, the dropout feeding `fc` in train mode."""
+    module = ImageClassifier("cnn", mode="jax", num_classes=10, freeze_backbone=True)
+    model = module._equinox_from_face()
+    assert model.bn1.inference and model.bn3.inference
+    assert not model.dropout.inference
+    # ... and the face itself, which validation and export use, stays in eval mode.
+    assert module._eval_mode_training
+
+
+def test_to_equinox_is_a_copy_of_the_face():
+    """`TorchModel.to_equinox()` holds the face's current tensors (including BatchNorm
+    statistics and counters), in the face's mode, and does not follow later in-place
+    updates of the face."""
+    face = zoo.load("cnn", framework="torch", num_classes=10, in_chans=1)
+    with torch.no_grad():
+        face.fc.weight.add_(1.0)
+        face.bn1.running_mean.add_(0.5)
+        face.bn1.num_batches_tracked.fill_(7)
+    face.train()
+    model = face.to_equinox()
+    assert isinstance(model, zoo.models.SmallCNN) and zoo.is_training(model)
+    np.testing.assert_array_equal(np.asarray(model.fc.weight), face.fc.weight.detach().numpy())
+    np.testing.assert_array_equal(np.asarray(model.bn1.running_mean), face.bn1.running_mean)
+    assert int(model.bn1.num_batches_tracked) == 7
+    snapshot = np.array(model.fc.weight)
+    with torch.no_grad():
+        face.fc.weight.mul_(0.0)
+    np.testing.assert_array_equal(np.asarray(model.fc.weight), snapshot)
+    # Same numbers as the face (eval mode).
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = face.eval()(x).numpy()
+    got = np.asarray(face.to_equinox()(jax.numpy.asarray(x.numpy()))[0])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not zoo.is_training(face.to_equinox())
 
 
 def test_sharded_step_equals_unsharded():

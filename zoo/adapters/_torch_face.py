@@ -178,6 +178,27 @@ class TorchModel(nn.Module):
             object.__setattr__(new, k, v if k == "_program" else copy.deepcopy(v, memo))
         return new
 
+    # -- export -----------------------------------------------------------------------------
+    def to_equinox(self) -> Any:
+        """The Equinox model holding this face's current parameters and buffers.
+
+        The arrays are copies: training the face afterwards (an optimizer step writes the
+        tensors in place) does not change the returned model, and vice versa. The model is
+        in the face's mode (`train_mode` if `self.training`, else `eval_mode`).
+
+        **Returns:** the Equinox model (same class and static configuration as the one the
+        face was built from), e.g. for `zoo.JaxModel`, `jax.jit` or an optax loop.
+        """
+        prog = self._program
+        leaves = []
+        for name, tensor in zip(prog.names, self._tensors(), strict=True):
+            # jnp.array copies (jnp.asarray of a NumPy view may alias the tensor's memory on
+            # CPU); the counters are int32 in the Equinox model, int64 in torch.
+            array = tensor.detach().cpu().numpy()
+            leaves.append(jnp.array(array, dtype=jnp.int32 if _is_counter(name) else None))
+        model = eqx.combine(jax.tree_util.tree_unflatten(prog.treedef, leaves), prog.static)
+        return train_mode(model) if self.training else eval_mode(model)
+
     # -- memory -----------------------------------------------------------------------------
     def _tensors(self) -> list[torch.Tensor]:
         found = dict(self.named_parameters()) | dict(self.named_buffers())

@@ -39,8 +39,8 @@ def _name_and_state_dict(model: Any, name: str | None) -> tuple[str, dict[str, t
 def _constructor_kwargs(model: Any) -> dict[str, Any]:
     # What the state_dict does not pin down but the constructor needs to rebuild exactly.
     if isinstance(model, TorchModel):
-        # The torch face keeps the Equinox model's static half (dropout rates live there).
-        equinox_model = model._program.static
+        # Dropout rates live in the Equinox model's static fields, not in the state_dict.
+        equinox_model = model.to_equinox()
     else:
         equinox_model = model.model if isinstance(model, JaxModel) else model
     dropout = getattr(equinox_model, "dropout", None)

@@ -11,6 +11,8 @@ from ._data import (
     EpochShuffleSampler as EpochShuffleSampler,
     digits_arrays as digits_arrays,
     numpy_collate as numpy_collate,
+    numpy_loader as numpy_loader,
+    worker_context as worker_context,
 )
 from ._module import ImageClassifier as ImageClassifier, lr_factor as lr_factor
 from ._parallel import (

@@ -1,11 +1,12 @@
 """Data helpers that keep images as NumPy arrays until they reach JAX (or torch)."""
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class ArrayDataset(Dataset):
@@ -45,6 +46,59 @@ def numpy_collate(batch: Sequence[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndar
 
 def _numpy(value: Any) -> Any:
     return value.numpy() if isinstance(value, torch.Tensor) else value
+
+
+def worker_context() -> str:
+    """The start method for `DataLoader` workers: `"forkserver"` where the platform has it
+    (Linux, macOS), else `"spawn"`.
+
+    Not `"fork"` (Linux's default): JAX and torch run thread pools as soon as they compute,
+    and a process forked from a multi-threaded one can deadlock on a lock some other thread
+    held at the fork (JAX warns about it). A forkserver's workers are forked from a clean
+    single-threaded server instead. Like `"spawn"`, it needs the script's entry point under
+    `if __name__ == "__main__":` and a picklable dataset and `collate_fn`.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def numpy_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    sampler: Sampler | None = None,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    **kwargs: Any,
+) -> DataLoader:
+    """A `DataLoader` whose batches are NumPy arrays (`numpy_collate`), so JAX mode receives
+    NumPy all the way and torch mode converts once, in `training_step`.
+
+    With `num_workers > 0` the workers start with `worker_context()` (not `fork`) and are
+    persistent (started once per `fit`, not once per epoch).
+
+    **Arguments:**
+
+    - `dataset`: any map-style dataset of `(image, label)` (e.g. `ArrayDataset`).
+    - `batch_size`, `sampler`, `shuffle`, `drop_last`, `num_workers`: as `DataLoader`'s.
+    - `**kwargs`: more `DataLoader` arguments; they override the defaults above
+      (`multiprocessing_context`, `persistent_workers`, `collate_fn`).
+
+    **Returns:** the `DataLoader`.
+    """
+    options: dict[str, Any] = {"collate_fn": numpy_collate, "num_workers": num_workers}
+    if num_workers > 0:
+        options |= {"multiprocessing_context": worker_context(), "persistent_workers": True}
+    options |= kwargs
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        **options,
+    )
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -16,12 +16,14 @@ import torch.nn.functional as F
 
 import weights_convert as wc
 
+from .._compile import jit
 from .._functional import cross_entropy, trainable
 from .._load import load
 from .._modes import eval_mode, train_mode
 from .._registry import get_model_info
 from ..adapters import JaxModel, TorchModel
-from ._parallel import make_data_parallel_step
+from ._head import head_train_mode, split_head
+from ._parallel import eval_logits, make_data_parallel_step
 
 Mode = Literal["torch", "jax"]
 
@@ -57,15 +59,7 @@ def _as_equinox(model: Any) -> Any:
     if isinstance(model, JaxModel):
         return model.model
     if isinstance(model, TorchModel):
-        prog = model._program
-        leaves = []
-        for name, tensor in zip(prog.names, model._tensors(), strict=True):
-            array = tensor.detach().cpu().numpy()
-            leaves.append(
-                jnp.asarray(array.astype(np.int32) if name.endswith("tracked") else array)
-            )
-        dynamic = jax.tree_util.tree_unflatten(prog.treedef, leaves)
-        return eqx.combine(dynamic, prog.static)
+        return model.to_equinox()
     if isinstance(model, eqx.Module):
         return model
     raise TypeError(
@@ -85,7 +79,7 @@ def _step_seed(seed: int, epoch: int, batch_idx: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, batch_idx)).generate_state(1)[0] >> 1)
 
 
-@jax.jit
+@jit
 def _eval_metrics(model: Any, x: jax.Array, labels: jax.Array):
     logits = eval_mode(model)(x)[0]
     return cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -129,8 +123,12 @@ class ImageClassifier(L.LightningModule):
     - `scheduler`: `"cosine"`, `"linear"` or `None`; stepped per optimizer step, over
       `total_steps` (default: `trainer.estimated_stepping_batches`), after `warmup_steps`.
     - `freeze_backbone`: train only the classifier head (`fc`). The backbone runs in eval
-      mode (BatchNorm uses and keeps its running statistics); since a zoo model switches mode
-      as a whole, the head's dropout is off too.
+      mode (BatchNorm normalises with its running statistics and leaves them untouched);
+      the head stays in train mode, so a dropout before the classifier (`SmallCNN`'s) is
+      live. In torch mode the frozen backbone runs as a jitted eval-mode JAX function with no
+      backward pass, and the head (dropout, `fc`) in torch; in JAX mode the whole model is one
+      jitted step with the backbone's updates zeroed. With `train_bn=False` as well, the whole
+      model runs in eval mode (head dropout off too).
     - `train_bn`: `False` runs the whole model in eval mode while training all parameters
       (frozen BatchNorm statistics, no dropout), a common fine-tuning setting.
     - `grad_clip_norm`: clip gradients to this global norm (both modes).
@@ -205,6 +203,7 @@ class ImageClassifier(L.LightningModule):
         self._eval_cache: Any = None
         self._pending_opt_leaves: list[np.ndarray] | None = None
         self._jax_step = self._placement = None
+        self._frozen: tuple[Any, float] | None = None  # torch mode: (backbone, head dropout p)
         if mode == "jax":
             self.automatic_optimization = False
 
@@ -220,8 +219,31 @@ class ImageClassifier(L.LightningModule):
 
     @property
     def _eval_mode_training(self) -> bool:
-        """Whether training runs the model in eval mode (frozen backbone / frozen BN)."""
+        """Whether training runs the torch face in eval mode (frozen backbone / frozen BN)."""
         return self.freeze_backbone or not self.hparams.train_bn
+
+    @property
+    def _head_only_train(self) -> bool:
+        """Whether training runs the backbone in eval mode and the head in train mode."""
+        return self.freeze_backbone and self.hparams.train_bn
+
+    def _training_mode(self, model: Any) -> Any:
+        """The Equinox model in the mode training runs it in (JAX mode)."""
+        if self._head_only_train:
+            return head_train_mode(model, self.classifier_name)
+        return eval_mode(model) if self._eval_mode_training else train_mode(model)
+
+    def _frozen_backbone_logits(self, x: Any) -> torch.Tensor:
+        """Torch mode with `freeze_backbone`: eval-mode backbone features from JAX (no
+        gradients needed: its parameters are frozen), then the head in torch, in train mode."""
+        if self._frozen is None:
+            # Rebuilt after load_state_dict; the frozen weights cannot change in between.
+            self._frozen = split_head(self.model.to_equinox(), self.classifier_name)
+        backbone, p = self._frozen
+        features = torch.from_dlpack(eval_logits(backbone, jnp.asarray(_to_numpy(x))))
+        head = getattr(self.model, self.classifier_name)
+        features = F.dropout(features, p, training=p > 0)
+        return F.linear(features, head.weight, getattr(head, "bias", None))
 
     def _total_steps(self) -> int:
         if self.hparams.total_steps is not None:
@@ -292,12 +314,15 @@ class ImageClassifier(L.LightningModule):
     # -- JAX state <-> torch face -------------------------------------------------------------
     def _equinox_from_face(self) -> Any:
         model, _ = wc.load_state_dict(self._template, self.model.state_dict(), copy=True)
-        return eval_mode(model) if self._eval_mode_training else train_mode(model)
+        return self._training_mode(model)
 
     def _build_jax_state(self) -> None:
         optimizer = self.optax_optimizer()
         self._placement, self._jax_step = make_data_parallel_step(
-            optimizer, devices=self._jax_devices
+            optimizer,
+            devices=self._jax_devices,
+            # zoo.make_train_step runs one mode throughout: mixed modes need their own step.
+            set_mode=self._training_mode if self._head_only_train else None,
         )
         model = self._equinox_from_face()
         opt_state = optimizer.init(trainable(model))
@@ -324,7 +349,7 @@ class ImageClassifier(L.LightningModule):
 
     def load_state_dict(self, *args, **kwargs):
         out = super().load_state_dict(*args, **kwargs)
-        self._jax_model = self._eval_cache = None  # rebuilt from the new tensors
+        self._jax_model = self._eval_cache = self._frozen = None  # rebuilt from the new tensors
         return out
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -341,6 +366,7 @@ class ImageClassifier(L.LightningModule):
             self._jax_model = self._opt_state = self._eval_cache = None
 
     def on_fit_start(self) -> None:
+        self._frozen = None  # the face's weights may have been replaced since the last fit
         if self.mode == "jax":
             self._build_jax_state()
 
@@ -362,7 +388,7 @@ class ImageClassifier(L.LightningModule):
             self.model.train(not self._eval_mode_training)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(key)
-                logits = self.model(x)
+                logits = self._frozen_backbone_logits(x) if self._head_only_train else self.model(x)
             loss = F.cross_entropy(logits, y)
             acc = (logits.detach().argmax(-1) == y).float().mean()
             self._log("train", loss.detach(), acc, len(y), on_step=True)
