@@ -1,12 +1,16 @@
-"""Proposal probe: 3x3 stride-1 convolutions of ResNet18 on a 32x32 input (8x8 down to 1x1
-maps), XLA's convolution against an im2col lowering (nine shifted slices + one matmul).
+"""Every convolution shape of ResNet18, four ways: XLA under a plain `jax.jit` (YNNPACK),
+XLA under `zoo.jit` (Eigen), the im2col matmul (`zoo.layers.Conv2d`'s lowering) and torch
+eager. Forward, and forward + both gradients (input and weight), median ms.
 
-    .venv/bin/python -m benchmarks.conv_lowering [--batch 128] [--runs 10]
+    .venv/bin/python -m benchmarks.conv_lowering [--size 32 --batch 128] [--runs 7]
 
-Standalone: it changes nothing in `zoo/`; the numbers go into benchmarks/README.md.
+It backs two choices in `zoo/`: which convolutions `Conv2d` lowers to a matmul
+(`zoo.layers.lowers_to_matmul`) and `zoo.CPU_COMPILER_OPTIONS`. The numbers go into
+benchmarks/README.md.
 """
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -14,57 +18,101 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch
 
-SHAPES = [(64, 8), (128, 4), (256, 2), (512, 1)]  # (channels, map size) of layer1..layer4
-
-
-def xla_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)))
+import zoo
+from zoo.layers._conv import _conv_as_matmul
 
 
-def im2col_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The same 3x3/pad-1 convolution as one (B*H*W, 9C) @ (9C, O) matmul."""
-    b, c, h, wd = x.shape
-    if h == wd == 1:  # only the centre tap sees data: a 1x1 convolution
-        return jnp.einsum("bc,oc->bo", x[:, :, 0, 0], w[:, :, 1, 1])[:, :, None, None]
-    xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    cols = jnp.stack([xp[:, :, i : i + h, j : j + wd] for i in range(3) for j in range(3)], 2)
-    cols = cols.transpose(0, 3, 4, 1, 2).reshape(b * h * wd, c * 9)  # (B*H*W, C*9)
-    out = cols @ w.reshape(w.shape[0], c * 9).T
-    return out.reshape(b, h, wd, -1).transpose(0, 3, 1, 2)
+def resnet18_convs(size: int) -> list[tuple[str, int, int, int, int, int, int]]:
+    """(name, in, out, kernel, stride, padding, input map size) of each distinct conv."""
+    rows = [("conv1", 3, 64, 7, 2, 3, size)]
+    hw = ((size + 6 - 7) // 2 + 1 + 2 - 3) // 2 + 1  # after the stem conv and max-pool
+    inplanes = 64
+    for i, planes in enumerate([64, 128, 256, 512]):
+        stride = 1 if i == 0 else 2
+        rows.append((f"layer{i + 1}.0.conv1", inplanes, planes, 3, stride, 1, hw))
+        out = (hw + 2 - 3) // stride + 1
+        if stride != 1:
+            rows.append((f"layer{i + 1}.0.downsample", inplanes, planes, 1, stride, 0, hw))
+        rows.append((f"layer{i + 1} 3x3 (x3)", planes, planes, 3, 1, 1, out))
+        hw, inplanes = out, planes
+    return rows
 
 
-def bench(fn: Callable[..., object], args: tuple, runs: int) -> float:
-    """Median ms of `fn(*args)` after two untimed calls."""
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
+def median_ms(fn: Callable[[], object], runs: int) -> float:
+    fn()
+    fn()
     times = []
     for _ in range(runs):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
 
 
+def jax_cells(conv, x, w, runs: int, jit) -> tuple[float, float]:
+    def loss(x, w):
+        return jnp.vdot(conv(x, w), conv(x, w))
+
+    fwd = jit(conv)
+    grads = jit(jax.grad(loss, argnums=(0, 1)))
+    return (
+        median_ms(lambda: jax.block_until_ready(fwd(x, w)), runs),
+        median_ms(lambda: jax.block_until_ready(grads(x, w)), runs),
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     rng = np.random.default_rng(0)
-    print("| channels, map | XLA fwd ms | im2col fwd ms | XLA fwd+bwd ms | im2col fwd+bwd ms |")
-    print("|---|---|---|---|---|")
-    for c, hw in SHAPES:
-        x = jnp.asarray(rng.standard_normal((args.batch, c, hw, hw), dtype=np.float32))
-        w = jnp.asarray(rng.standard_normal((c, c, 3, 3), dtype=np.float32) * 0.05)
-        np.testing.assert_allclose(xla_conv(x, w), im2col_conv(x, w), rtol=1e-4, atol=1e-4)
-        ms = []
-        for conv in (xla_conv, im2col_conv):
-            ms.append(bench(jax.jit(conv), (x, w), args.runs))
-        for conv in (xla_conv, im2col_conv):
-            grad = jax.jit(jax.grad(lambda x, w, conv=conv: conv(x, w).sum(), argnums=(0, 1)))
-            ms.append(bench(grad, (x, w), args.runs))
-        print(f"| {c}, {hw}x{hw} | " + " | ".join(f"{m:.2f}" for m in ms) + " |")
+    print(
+        f"ResNet18 convolutions at {args.size}x{args.size}, batch {args.batch}: median ms, "
+        "forward / forward + input and weight gradients"
+    )
+    print(
+        "| conv | in->out, k, s, map | XLA (jax.jit) | XLA (zoo.jit) | matmul (zoo.jit) "
+        "| torch eager | zoo uses |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, cin, cout, k, s, p, hw in resnet18_convs(args.size):
+        x_np = rng.standard_normal((args.batch, cin, hw, hw), dtype=np.float32)
+        w_np = rng.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.05
+        x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+
+        def xla(x, w, s=s, p=p):
+            return jax.lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)))
+
+        def matmul(x, w, s=s, p=p):
+            return _conv_as_matmul(x, w, (s, s), (p, p))
+
+        np.testing.assert_allclose(xla(x, w), matmul(x, w), rtol=2e-4, atol=2e-4)
+        cells = [
+            jax_cells(xla, x, w, args.runs, jax.jit),
+            jax_cells(xla, x, w, args.runs, zoo.jit),
+            jax_cells(matmul, x, w, args.runs, zoo.jit),
+        ]
+        tconv = torch.nn.Conv2d(cin, cout, k, s, p, bias=False)
+        tx = torch.from_numpy(x_np).requires_grad_()
+
+        def torch_fwd(tconv=tconv, tx=tx):
+            with torch.no_grad():
+                tconv(tx)
+
+        def torch_grads(tconv=tconv, tx=tx):
+            out = tconv(tx)
+            out.backward(2 * out.detach())
+
+        cells.append((median_ms(torch_fwd, args.runs), median_ms(torch_grads, args.runs)))
+        conv = zoo.layers.Conv2d(cin, cout, k, s, p, bias=False, key=jax.random.key(0))
+        uses = "matmul" if zoo.layers.lowers_to_matmul(conv, hw, hw) else "XLA"
+        text = " | ".join(f"{f:.2f} / {b:.2f}" for f, b in cells)
+        print(f"| {name} | {cin}->{cout}, {k}x{k}, s{s}, {hw}x{hw} | {text} | {uses} |", flush=True)
 
 
 if __name__ == "__main__":
