@@ -4,8 +4,9 @@
     python examples/finetune_cifar10.py --model resnet18 --weights torchvision --mode jax
     python examples/finetune_cifar10.py --model cnn --epochs 10 --mode both
 
-Images reach the model as NumPy arrays (`numpy_collate`), so JAX mode never builds torch
-tensors for the batches; the loaders use worker processes for decoding and augmentation.
+Images reach the model as NumPy arrays (`numpy_loader`), so JAX mode never builds torch
+tensors for the batches; the loaders use worker processes (started with forkserver, not
+fork) for decoding and augmentation.
 """
 
 import argparse
@@ -59,9 +60,8 @@ def main(argv=None) -> dict:
 
     import lightning as L
     import torchvision
-    from torch.utils.data import DataLoader
 
-    from zoo.lightning import EpochShuffleSampler, ImageClassifier, numpy_collate
+    from zoo.lightning import EpochShuffleSampler, ImageClassifier, numpy_loader
 
     to_array = ToNormalizedArray()
     train_set = torchvision.datasets.CIFAR10(
@@ -73,11 +73,6 @@ def main(argv=None) -> dict:
     test_set = torchvision.datasets.CIFAR10(
         args.data, train=False, download=True, transform=to_array
     )
-    kw = {
-        "collate_fn": numpy_collate,
-        "num_workers": args.workers,
-        "persistent_workers": args.workers > 0,
-    }
     results = {}
     for mode in ["torch", "jax"] if args.mode == "both" else [args.mode]:
         L.seed_everything(args.seed, workers=True)
@@ -94,14 +89,16 @@ def main(argv=None) -> dict:
             freeze_backbone=args.freeze_backbone,
             seed=args.seed,
         )
-        train_loader = DataLoader(
+        # NumPy batches; persistent workers started with forkserver (not fork: this process
+        # already runs JAX's and torch's threads).
+        train_loader = numpy_loader(
             train_set,
-            batch_size=args.batch_size,
+            args.batch_size,
             sampler=EpochShuffleSampler(len(train_set), args.seed),
             drop_last=True,
-            **kw,
+            num_workers=args.workers,
         )
-        test_loader = DataLoader(test_set, batch_size=256, **kw)
+        test_loader = numpy_loader(test_set, 256, num_workers=args.workers)
         trainer = L.Trainer(
             max_epochs=args.epochs,
             accelerator="cpu",

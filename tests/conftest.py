@@ -5,9 +5,49 @@ import os
 # Two host devices, so sharding tests have a mesh to split over (must precede JAX's start).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float = 300,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `python *args` in a fresh interpreter, as a user would run an example or a doc's
+    code: the repository on `PYTHONPATH`, the Hub offline, Matplotlib without a display
+    (`env` adds to or overrides that). Fails the calling test, showing both output streams,
+    if the process exits non-zero. Tests import it with `from conftest import run_python`.
+
+    **Returns:** the `CompletedProcess` (text `stdout`/`stderr`).
+    """
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    full_env |= dict(env or {})
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"python {' '.join(args)[:200]} exited {result.returncode}:\n"
+            f"--- stdout ---\n{result.stdout[-5000:]}\n--- stderr ---\n{result.stderr[-5000:]}",
+            pytrace=False,
+        )
+    return result
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 NO_RUN = "<!-- no-run -->"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 ALL_DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -60,16 +60,7 @@ def _script(blocks: list[str], source: Path) -> str:
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_code_blocks_run(path: Path, tmp_path: Path):
     blocks = python_blocks(path.read_text(encoding="utf-8"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-    result = subprocess.run(
-        [sys.executable, "-c", _script(blocks, path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr}"
+    run_python(["-c", _script(blocks, path)], cwd=tmp_path, timeout=600)
 
 
 def _mkdocs() -> list[str]:

@@ -1,29 +1,17 @@
 """The examples this suite owns run end to end in their quick mode (`--quick`) and finish with
 a sensible last line. Each runs in a fresh subprocess, in a temporary working directory."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
 def run_example(script: str, tmp_path: Path, *args: str) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--quick", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    result = run_python([str(EXAMPLES / script), "--quick", *args], cwd=tmp_path)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert lines, f"{script} printed nothing"
     return lines
