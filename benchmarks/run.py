@@ -2,9 +2,10 @@
 
     python -m benchmarks.run [--quick] [--out artifacts/benchmarks] [--threads N]
 
-Every (model, framework) pair, the conversion benchmark and each compile-cache process run in
-their own subprocess, so thread pools, allocators and compile caches are never shared
-(`--quick` runs all frameworks of a model in one process, to save imports).
+Every (model, framework) pair, the conversion benchmark, each compile-cache process and each
+Lightning-epoch run (`benchmarks/lightning_epoch.py`) run in their own subprocess, so thread
+pools, allocators and compile caches are never shared (`--quick` runs all frameworks of a
+model in one process, to save imports).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks import lightning_epoch
 from benchmarks._common import available_cpus, thread_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,6 +282,8 @@ def markdown(results: dict[str, Any]) -> str:
         )
     if conv.get("status") == "error":
         out.append(f"\nConversion benchmark failed: {conv['reason']}")
+    if "lightning_epoch" in results:
+        out += ["", lightning_epoch.markdown(results["lightning_epoch"], meta["quick"])]
     return "\n".join(out) + "\n"
 
 
@@ -330,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         futures = [pool.submit(throughput, m, fws, opts) for m, fws in groups]
         conv = pool.submit(conversion, opts)
         cache = pool.submit(compile_cache, opts)  # its two processes run one after the other
+        # Lightning epochs: one process per (model, framework), one after the other.
+        lightning = pool.submit(lightning_epoch.collect, opts.quick, opts.threads, opts.timeout)
         rows = []
         for (m, fws), future in zip(groups, futures, strict=True):
             rows += future.result()
@@ -341,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         "throughput": rows,
         "compile_cache": cache_rows,
         "conversion": conversion_result,
+        "lightning_epoch": lightning.result(),
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -1,7 +1,9 @@
 """`python -m benchmarks.run --quick` end to end: the three reports exist and hold positive
-numbers for every expected row. No timing threshold is asserted."""
+numbers for every expected row (the Lightning-epoch rows included). No timing threshold is
+asserted."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -46,4 +48,15 @@ def test_quick_benchmarks(tmp_path: Path) -> None:
         assert r["median_ms"] > 0 and r["retained_extra_mb"] is not None
         assert r["arrays"] > 0 and r["aliased"] == pytest.approx(r["aliased_share"] * r["arrays"])
         assert r["aliased"] > 0 if not r["copy"] else r["aliased"] == 0
-    assert "ResNet18" in (tmp_path / "results.md").read_text()
+    # The Lightning epochs: the CNN in all three setups (ResNet18 skipped in --quick).
+    lightning = {(r["model"], r["framework"]): r for r in results["lightning_epoch"]}
+    for framework in ("plain", "zoo_torch", "zoo_jax"):
+        row = lightning["cnn", framework]
+        assert row["status"] == "ok", row
+        assert row["images_per_s"] > 0 and row["first_epoch_s"] > 0
+        assert row["steps_per_epoch"] > 0 and len(row["epoch_s"]) >= 1
+        assert row["ratio_vs_plain"] > 0 and math.isfinite(row["final_train_loss"])
+        assert lightning["resnet18", framework]["status"] == "skipped"
+    assert lightning["cnn", "plain"]["ratio_vs_plain"] == 1.0
+    report = (tmp_path / "results.md").read_text()
+    assert "ResNet18" in report and "One Lightning training epoch" in report
