@@ -1,12 +1,16 @@
 """Fine-tune a zoo model on real data with Lightning, in torch mode and/or JAX mode.
 
 The data are scikit-learn's bundled handwritten digits (1,797 real 8x8 grayscale scans, 10
-classes; no download), upsampled bilinearly (to 16x16 by default: on a 2-core CPU it is 4x
-cheaper than 32x32 and, with the small CNN's receptive field, more accurate; `--size 32` for
-the CNN's native size) and split into training and held-out test sets (20%, stratified).
-Each mode trains with `zoo.lightning.ImageClassifier`, reports held-out accuracy, exports the
-weights, reloads them with `zoo.load` and checks the reloaded model's accuracy, and plots the
-training curves to `<out>/digits_<model>_curves.png`.
+classes; no download), upsampled bilinearly to 32x32 (`--size`) and split into training and
+held-out test sets (20%, stratified). Each mode trains with `zoo.lightning.ImageClassifier`,
+prints its held-out accuracy and wall time, exports the model with `zoo.save_pretrained`,
+reloads the folder with `zoo.load("local-dir:...")` and checks the reloaded model's accuracy;
+the training curves go to `<out>/digits_<model>_curves.png`.
+
+Defaults: the small CNN, AdamW (lr 3e-3, cosine), 6 epochs of batch 32. On a 2-core CPU
+(x86, shared with other work, load average ~3) each mode took 50-80 s end to end and reached
+96.1% (torch) and 96.7% (JAX) held-out accuracy. `--model resnet18` (SGD, lr 0.05, 4 epochs)
+took 81 s (torch mode, 95.6%) and 43 s (JAX mode, 96.1%) there. Times include compilation.
 
     python examples/finetune_digits.py                      # CNN, both modes
     python examples/finetune_digits.py --model resnet18 --mode jax
@@ -22,7 +26,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 import zoo
 from zoo.lightning import (
@@ -30,11 +33,12 @@ from zoo.lightning import (
     EpochShuffleSampler,
     ImageClassifier,
     digits_arrays,
-    numpy_collate,
+    numpy_loader,
 )
 
-# Per-model defaults: (optimizer, lr, epochs).
-DEFAULTS = {"cnn": ("sgd", 0.05, 4), "resnet18": ("sgd", 0.05, 4)}
+# Per-model defaults: (optimizer, lr, epochs). At 32x32 the CNN's receptive field covers about
+# a third of a digit and SGD needs ~8 epochs for 95%; AdamW gets there in 5-6.
+DEFAULTS = {"cnn": ("adamw", 3e-3, 6), "resnet18": ("sgd", 0.05, 4)}
 
 
 class History(L.Callback):
@@ -43,37 +47,24 @@ class History(L.Callback):
     def __init__(self):
         self.rows: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Called after the epoch's validation, once the epoch averages are in.
         m = trainer.callback_metrics
         self.rows.append(
             {
                 "epoch": trainer.current_epoch + 1,
-                "train_loss": float(m.get("train_loss_epoch", m.get("train_loss", np.nan))),
+                "train_loss": float(m["train_loss_epoch"]),
                 "val_loss": float(m["val_loss"]),
                 "val_acc": float(m["val_acc"]),
             }
         )
 
 
-def export_and_reload(module: ImageClassifier, name: str, directory: Path):
-    """Save the fine-tuned weights and load them back as a fresh zoo model (JAX face)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    state_dict = module.model.state_dict()  # torchvision names: conv1.weight, fc.bias, ...
-    if hasattr(zoo, "save_pretrained"):
-        try:
-            zoo.save_pretrained(module.model, directory)
-            files = sorted(directory.glob("*.safetensors"))
-            if files:
-                return zoo.load(name, weights=files[0]), files[0]
-        except Exception as err:  # the hub API is young: fall back to a plain file
-            print(f"zoo.save_pretrained failed ({err}); saving a safetensors file instead")
-    from safetensors.torch import save_file
-
-    path = directory / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
-    return zoo.load(name, weights=path), path
+def export_and_reload(module: ImageClassifier, directory: Path):
+    """Export the fine-tuned model with `zoo.save_pretrained` (safetensors under torchvision's
+    names, config.json, model card) and load the folder back as a fresh zoo model (JAX face)."""
+    zoo.save_pretrained(module.model, directory, overwrite=True)
+    return zoo.load(f"local-dir:{directory}"), directory / "model.safetensors"
 
 
 def accuracy(face, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
@@ -86,6 +77,7 @@ def accuracy(face, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
 
 def run(mode: str, args, data) -> dict:
     x_train, y_train, x_test, y_test = data
+    start = time.perf_counter()
     L.seed_everything(args.seed, workers=True)
     optimizer, lr, _ = DEFAULTS[args.model]
     module = ImageClassifier(
@@ -102,17 +94,15 @@ def run(mode: str, args, data) -> dict:
     )
     train = ArrayDataset(x_train, y_train)
     test = ArrayDataset(x_test, y_test)
-    loader_kw = {"collate_fn": numpy_collate, "num_workers": args.workers}
-    if args.workers:
-        loader_kw["persistent_workers"] = True
-    train_loader = DataLoader(
+    # NumPy batches; workers (if any) start with forkserver, not fork (see numpy_loader).
+    train_loader = numpy_loader(
         train,
-        batch_size=args.batch_size,
+        args.batch_size,
         sampler=EpochShuffleSampler(len(train), seed=args.seed),
         drop_last=True,
-        **loader_kw,
+        num_workers=args.workers,
     )
-    test_loader = DataLoader(test, batch_size=256, **loader_kw)
+    test_loader = numpy_loader(test, 256, num_workers=args.workers)
     history = History()
     trainer = L.Trainer(
         max_epochs=args.epochs,
@@ -121,21 +111,29 @@ def run(mode: str, args, data) -> dict:
         logger=L.pytorch.loggers.CSVLogger(args.out, name=f"digits_{args.model}_{mode}"),
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=not args.quick,
+        enable_progress_bar=not args.quick and sys.stderr.isatty(),
         num_sanity_val_steps=0,
         callbacks=[history],
     )
-    start = time.perf_counter()
     trainer.fit(module, train_loader, test_loader)
-    seconds = time.perf_counter() - start
+    fit_seconds = time.perf_counter() - start
     test_acc = trainer.test(module, test_loader, verbose=False)[0]["test_acc"]
-    reloaded, path = export_and_reload(module, args.model, Path(args.out) / f"{args.model}_{mode}")
+    reloaded, path = export_and_reload(module, Path(args.out) / f"{args.model}_{mode}")
     reload_acc = accuracy(reloaded, x_test, y_test)
+    seconds = time.perf_counter() - start
     print(
-        f"[{mode}] {args.model}: held-out accuracy {test_acc:.4f} after {args.epochs} epochs "
-        f"in {seconds:.1f}s; exported to {path}, reloaded accuracy {reload_acc:.4f}"
+        f"[{mode}] {args.model}: held-out accuracy {test_acc:.4f} after {args.epochs} epochs; "
+        f"training {fit_seconds:.1f}s (compilation included), {seconds:.1f}s with model "
+        f"construction, test, export and reload; exported to {path}, reloaded accuracy "
+        f"{reload_acc:.4f}"
     )
-    return {"acc": test_acc, "reload_acc": reload_acc, "seconds": seconds, "history": history.rows}
+    return {
+        "acc": test_acc,
+        "reload_acc": reload_acc,
+        "fit_seconds": fit_seconds,
+        "seconds": seconds,
+        "history": history.rows,
+    }
 
 
 def plot(results: dict, args) -> Path:
@@ -174,7 +172,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--size", type=int, default=16, help="input side after upsampling (8x8 originals)"
+        "--size", type=int, default=32, help="input side after upsampling (8x8 originals)"
     )
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
     parser.add_argument("--lr", type=float, default=None)
