@@ -41,7 +41,7 @@ def main() -> None:
     model = zoo.eval_mode(build(num_classes=10))
     x = jnp.asarray(np.zeros((args.batch, 3, args.size, args.size), np.float32))
     t = time.time()
-    zoo.jit(zoo.forward)(model, x).block_until_ready()
+    jax.jit(zoo.forward)(model, x).block_until_ready()
     t_logits = time.time()
     optimizer = optax.sgd(0.01, momentum=0.9)
     train = zoo.train_mode(model)

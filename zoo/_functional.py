@@ -13,7 +13,6 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from weights_convert import split_params_buffers
 
-from ._compile import jit
 from ._modes import eval_mode, is_training, train_mode
 
 M = TypeVar("M")
@@ -101,4 +100,4 @@ def make_train_step(
         return set_mode(eqx.combine(params, buffers, static)), opt_state, loss, logits
 
     # Zoo models hold only arrays as leaves (flags are static fields), so plain jax.jit applies.
-    return jit(step, donate_argnums=(0, 1) if donate else ())
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())

@@ -17,7 +17,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from weights_convert import split_params_buffers
 
-from .._compile import jit
 from .._functional import LossFn, cross_entropy, make_train_step
 from .._modes import eval_mode
 
@@ -81,7 +80,7 @@ def make_mode_step(
         params = optax.apply_updates(params, updates)
         return set_mode(eqx.combine(params, new_buffers, static)), opt_state, loss, logits
 
-    return jit(step, donate_argnums=(0, 1) if donate else ())
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def make_data_parallel_step(
@@ -117,7 +116,7 @@ def make_data_parallel_step(
     return placement, step
 
 
-@jit
+@jax.jit
 def eval_logits(model: Any, x: jax.Array) -> jax.Array:
     """Eval-mode logits (running BatchNorm statistics, no dropout)."""
     return eval_mode(model)(x)[0]
