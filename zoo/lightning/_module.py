@@ -344,7 +344,9 @@ class ImageClassifier(L.LightningModule):
         tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         with torch.no_grad():
             for name, array in zip(self._names, leaves, strict=True):
-                tensors[name].copy_(torch.from_numpy(np.asarray(array)))
+                # The arrays are replicated: read device 0's copy through DLPack (zero-copy,
+                # and no warning about read-only NumPy views), then copy once into torch.
+                tensors[name].copy_(torch.from_dlpack(array.addressable_shards[0].data))
 
     def load_state_dict(self, *args, **kwargs):
         out = super().load_state_dict(*args, **kwargs)
