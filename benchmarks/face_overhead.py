@@ -1,8 +1,14 @@
 """Torch-face overhead over the bare jitted JAX function (median ms), no-grad and fwd+bwd.
 
-Run: `python -m benchmarks.face_overhead` (2 threads; about a minute on a 2-core CPU).
+    python -m benchmarks.face_overhead [--quick]
+
+Also a section of `python -m benchmarks.run`. Threads: what the parent sets (2 when run
+alone on this machine). Cases: the CNN at batch 1 (the fixed cost per call), ResNet18 at
+batch 1 and 32 (224x224).
 """
 
+import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -13,6 +19,7 @@ import jax.numpy as jnp
 import torch
 
 import zoo
+from benchmarks._common import emit
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -26,7 +33,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def measure(name: str, shape: tuple[int, ...], repeats: int) -> None:
+def measure(name: str, shape: tuple[int, ...], repeats: int) -> dict:
     face, jax_face = zoo.load(name, framework="torch"), zoo.load(name)
     x = torch.randn(*shape)
     xj = jnp.asarray(x.numpy())
@@ -41,23 +48,34 @@ def measure(name: str, shape: tuple[int, ...], repeats: int) -> None:
         face.zero_grad(set_to_none=True)
         face(x).sum().backward()
 
-    jax_fwd = median_ms(lambda: jax_face(xj).block_until_ready(), repeats)
-    torch_fwd = median_ms(torch_no_grad, repeats)
-    jax_bwd = median_ms(lambda: jax.block_until_ready(grad(params, xj)), max(3, repeats // 2))
-    torch_bwd = median_ms(torch_backward, max(3, repeats // 2))
+    backward_repeats = max(3, repeats // 2)
+    row = {
+        "model": name,
+        "shape": list(shape),
+        "jax_no_grad_ms": median_ms(lambda: jax_face(xj).block_until_ready(), repeats),
+        "face_no_grad_ms": median_ms(torch_no_grad, repeats),
+        "jax_grad_ms": median_ms(lambda: jax.block_until_ready(grad(params, xj)), backward_repeats),
+        "face_grad_ms": median_ms(torch_backward, backward_repeats),
+    }
     print(
-        f"{name} {shape}: no-grad jax {jax_fwd:.2f} ms, torch face {torch_fwd:.2f} ms "
-        f"({(torch_fwd / jax_fwd - 1) * 100:+.1f}%, {torch_fwd - jax_fwd:+.2f} ms); "
-        f"fwd+bwd jax {jax_bwd:.1f} ms, torch face {torch_bwd:.1f} ms "
-        f"({(torch_bwd / jax_bwd - 1) * 100:+.1f}%)"
+        f"{name} {shape}: no-grad jax {row['jax_no_grad_ms']:.2f} ms, torch face "
+        f"{row['face_no_grad_ms']:.2f} ms; fwd+bwd jax {row['jax_grad_ms']:.1f} ms, "
+        f"torch face {row['face_grad_ms']:.1f} ms",
+        flush=True,
     )
+    return row
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    measure("cnn", (1, 3, 32, 32), 50)
-    measure("resnet18", (1, 3, 224, 224), 15)
-    measure("resnet18", (32, 3, 224, 224), 5)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CNN only, few repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+    rows = [measure("cnn", (1, 3, 32, 32), 5 if args.quick else 50)]
+    if not args.quick:
+        rows.append(measure("resnet18", (1, 3, 224, 224), 15))
+        rows.append(measure("resnet18", (32, 3, 224, 224), 5))
+    emit(rows)
 
 
 if __name__ == "__main__":

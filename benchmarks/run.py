@@ -142,6 +142,12 @@ def conversion(opts: argparse.Namespace) -> dict[str, Any]:
     return result or {"status": "error", "reason": error, "rows": []}
 
 
+def face_overhead(opts: argparse.Namespace) -> list[dict[str, Any]]:
+    args = ["--quick"] if opts.quick else []
+    result, error = run_worker("benchmarks.face_overhead", args, opts.threads, opts.timeout)
+    return result or [{"status": "error", "reason": error}]
+
+
 def metadata(opts: argparse.Namespace, elapsed: float) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -246,20 +252,21 @@ def markdown(results: dict[str, Any]) -> str:
         "Two fresh processes share one new cache directory; batch 2. Time to first",
         "logits counts from the parent's `Popen` (interpreter start and imports included).",
         "",
-        "| process | model, size | to first logits (s) | imports (s) | first forward call (s) "
-        "| first train-step call (s) |",
-        "|---|---|---|---|---|---|",
+        "| process | model, size | to first logits (s) | imports (s) | zoo.load (s) "
+        "| first forward call (s) | first train-step call (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results["compile_cache"]:
         if "to_first_logits_s" in r:
             out.append(
                 f"| {r['process']} | {MODELS[r['model']]}, {r['size']}x{r['size']} | "
                 f"{r['to_first_logits_s']:.2f} | "
-                f"{r['imports_s']:.2f} | {r['first_forward_call_s']:.2f} | "
+                f"{r['imports_s']:.2f} | {r.get('load_s', float('nan')):.2f} | "
+                f"{r['first_forward_call_s']:.2f} | "
                 f"{r['first_train_step_call_s']:.2f} |"
             )
         else:
-            out.append(f"| {r['process']} | error: {r.get('reason', '')} | | | | |")
+            out.append(f"| {r['process']} | error: {r.get('reason', '')} | | | | | |")
     conv = results["conversion"]
     out += [
         "",
@@ -284,7 +291,36 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"\nConversion benchmark failed: {conv['reason']}")
     if "lightning_epoch" in results:
         out += ["", lightning_epoch.markdown(results["lightning_epoch"], meta["quick"])]
+    if "face_overhead" in results:
+        out += ["", *overhead_markdown(results["face_overhead"])]
     return "\n".join(out) + "\n"
+
+
+def overhead_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "## Torch-face overhead over the bare jitted JAX function",
+        "",
+        "Median ms of the same model and input: the JAX face's jitted call against the torch",
+        "face (`no_grad` forward; forward + `backward()` with `zero_grad` each call) and a",
+        "jitted `jax.grad` of the summed logits. Targets: <= 3% (no grad) and <= 10% (with",
+        "grad) at batch 32, <= 2 ms fixed cost per call.",
+        "",
+        "| model, input | JAX no-grad | torch face no-grad | overhead | JAX grad | torch face "
+        "grad | overhead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "jax_no_grad_ms" not in r:
+            out.append(f"| error: {r.get('reason', '')} | | | | | | |")
+            continue
+        a, b = r["jax_no_grad_ms"], r["face_no_grad_ms"]
+        c, d = r["jax_grad_ms"], r["face_grad_ms"]
+        out.append(
+            f"| {r['model']} {'x'.join(map(str, r['shape']))} | {a:.2f} | {b:.2f} | "
+            f"{b - a:+.2f} ms ({(b / a - 1) * 100:+.1f}%) | {c:.1f} | {d:.1f} | "
+            f"{d - c:+.2f} ms ({(d / c - 1) * 100:+.1f}%) |"
+        )
+    return out
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -334,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         futures = [pool.submit(throughput, m, fws, opts) for m, fws in groups]
         conv = pool.submit(conversion, opts)
         cache = pool.submit(compile_cache, opts)  # its two processes run one after the other
+        overhead = pool.submit(face_overhead, opts)
         # Lightning epochs: one process per (model, framework), one after the other.
         lightning = pool.submit(lightning_epoch.collect, opts.quick, opts.threads, opts.timeout)
         rows = []
@@ -348,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         "compile_cache": cache_rows,
         "conversion": conversion_result,
         "lightning_epoch": lightning.result(),
+        "face_overhead": overhead.result(),
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "results.json").write_text(json.dumps(results, indent=1))

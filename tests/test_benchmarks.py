@@ -40,6 +40,11 @@ def test_quick_benchmarks(tmp_path: Path) -> None:
 
     cache = results["compile_cache"]
     assert len(cache) == 2 and all(r["to_first_logits_s"] > 0 for r in cache)
+    assert all(r["load_s"] > 0 for r in cache)
+    (overhead,) = results["face_overhead"]  # --quick: the CNN at batch 1 only
+    assert overhead["model"] == "cnn"
+    for key in ("jax_no_grad_ms", "face_no_grad_ms", "jax_grad_ms", "face_grad_ms"):
+        assert overhead[key] > 0, key
     conversion = results["conversion"]["rows"]
     assert {(r["direction"], r["copy"]) for r in conversion} == {
         (d, c) for d in ("torch -> equinox", "equinox -> torch") for c in (False, True)
@@ -60,3 +65,4 @@ def test_quick_benchmarks(tmp_path: Path) -> None:
     assert lightning["cnn", "plain"]["ratio_vs_plain"] == 1.0
     report = (tmp_path / "results.md").read_text()
     assert "ResNet18" in report and "One Lightning training epoch" in report
+    assert "Torch-face overhead" in report
