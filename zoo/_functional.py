@@ -39,8 +39,13 @@ def loss_and_grads(
     *,
     key: PRNGKeyArray | None = None,
     loss_fn: LossFn = cross_entropy,
+    set_mode: Callable[[M], M] | None = None,
 ) -> tuple[tuple[Array, Array, M], PyTree]:
     """Loss and gradients with respect to the trainable parameters (not the buffers).
+
+    `set_mode` puts the model in the mode to run it in (default: the mode it is in, wholly
+    train or wholly eval); pass one for mixed modes, e.g. a frozen backbone in eval mode under
+    a train-mode head.
 
     **Returns:** `((loss, logits, model_with_new_buffers), grads)`; `grads` has the model's
     structure, with `None` where a buffer or a non-array sits.
@@ -48,7 +53,8 @@ def loss_and_grads(
     # Differentiate in a canonical (eval-mode) structure, so gradients and optimizer state
     # match `trainable(model)` whichever mode the model is in.
     params, buffers, static = _canonical_split(model)
-    set_mode = train_mode if is_training(model) else eval_mode
+    if set_mode is None:
+        set_mode = train_mode if is_training(model) else eval_mode
 
     def objective(params):
         logits, new_model = set_mode(eqx.combine(params, buffers, static))(x, key=key)
@@ -74,6 +80,7 @@ def make_train_step(
     loss_fn: LossFn = cross_entropy,
     *,
     donate: bool = True,
+    set_mode: Callable[[M], M] | None = None,
 ) -> Callable[..., tuple[M, Any, Array, Array]]:
     """A jitted step: train-mode forward, gradients, BatchNorm update and optax update in one
     XLA computation.
@@ -85,19 +92,21 @@ def make_train_step(
     - `loss_fn`: `(logits, labels) -> scalar` (cross-entropy by default).
     - `donate`: donate the model and optimizer state buffers to the step, so XLA updates
       them in place (do not reuse the arguments after the call).
+    - `set_mode`: the mode to run and return the model in (default: the mode it is in); for
+      mixed modes such as a frozen eval-mode backbone under a train-mode head.
 
     **Returns:** `step(model, opt_state, x, labels, key) -> (model, opt_state, loss, logits)`.
     """
 
     def step(model, opt_state, x, labels, key):
         (loss, logits, new_model), grads = loss_and_grads(
-            model, x, labels, key=key, loss_fn=loss_fn
+            model, x, labels, key=key, loss_fn=loss_fn, set_mode=set_mode
         )
         params, buffers, static = _canonical_split(new_model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        set_mode = train_mode if is_training(model) else eval_mode
-        return set_mode(eqx.combine(params, buffers, static)), opt_state, loss, logits
+        restore = set_mode or (train_mode if is_training(model) else eval_mode)
+        return restore(eqx.combine(params, buffers, static)), opt_state, loss, logits
 
     # Zoo models hold only arrays as leaves (flags are static fields), so plain jax.jit applies.
     return jax.jit(step, donate_argnums=(0, 1) if donate else ())

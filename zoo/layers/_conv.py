@@ -27,8 +27,19 @@ def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: in
 
 def lowers_to_matmul(conv: "Conv2d", height: int, width: int) -> bool:
     """Whether `conv` on a `height x width` input is computed as one matmul (im2col) instead
-    of XLA's convolution: ungrouped, undilated, and either a 1x1 kernel or an output of at
-    most 4 pixels."""
+    of XLA's convolution.
+
+    True for ungrouped, undilated convolutions with a 1x1 kernel (any size) or an output of
+    at most 4 pixels (ResNet's layer3/layer4 at 32x32), where XLA:CPU has no fast kernel. The
+    choice is static (shapes are known at trace time) and changes speed, not results.
+
+    **Arguments:**
+
+    - `conv`: the layer.
+    - `height`, `width`: its input's spatial size.
+
+    **Returns:** `True` if `Conv2d.__call__` will use the matmul lowering.
+    """
     if conv.groups != 1 or conv.dilation != (1, 1):
         return False
     if conv.kernel_size == (1, 1) and conv.padding == (0, 0):

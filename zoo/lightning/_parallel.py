@@ -15,8 +15,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from weights_convert import split_params_buffers
-
 from .._functional import LossFn, cross_entropy, make_train_step
 from .._modes import eval_mode
 
@@ -52,37 +50,6 @@ class DataParallel:
         return tuple(jax.device_put(a, sharding) for a in arrays)
 
 
-def make_mode_step(
-    optimizer: optax.GradientTransformation,
-    loss_fn: LossFn,
-    set_mode: Callable[[M], M],
-    *,
-    donate: bool = True,
-) -> Callable[..., tuple[Any, Any, jax.Array, jax.Array]]:
-    """`zoo.make_train_step`'s step for a model whose layers are not all in one mode.
-
-    `zoo.make_train_step` runs the model wholly in train or wholly in eval mode; this step
-    runs `set_mode(model)` (e.g. a frozen backbone in eval mode with a train-mode head) and
-    returns the updated model in that mode. Gradients and optimizer state have the structure
-    of `zoo.trainable(model)`, as there.
-    """
-
-    def step(model, opt_state, x, labels, key):
-        params, buffers, static = split_params_buffers(eval_mode(model))
-
-        def objective(params):
-            logits, new_model = set_mode(eqx.combine(params, buffers, static))(x, key=key)
-            return loss_fn(logits, labels), (logits, new_model)
-
-        (loss, (logits, new_model)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        new_buffers = split_params_buffers(eval_mode(new_model))[1]
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return set_mode(eqx.combine(params, new_buffers, static)), opt_state, loss, logits
-
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
-
-
 def make_data_parallel_step(
     optimizer: optax.GradientTransformation,
     loss_fn: LossFn = cross_entropy,
@@ -96,7 +63,7 @@ def make_data_parallel_step(
 
     `set_mode`: where the model's layers are not all in one mode (a frozen backbone in eval
     mode, its head in train mode), the function that puts it in that mode; the step then
-    runs and returns `set_mode(model)` (see `make_mode_step`).
+    runs and returns `set_mode(model)` (`zoo.make_train_step`'s `set_mode`).
 
     **Returns:** `(placement, step)`; put the model and optimizer state on the mesh once with
     `placement.replicate(...)`, then call
@@ -104,10 +71,7 @@ def make_data_parallel_step(
     `x`/`labels` (sharded here) as often as you like.
     """
     placement = DataParallel(devices)
-    if set_mode is None:
-        inner = make_train_step(optimizer, loss_fn, donate=donate)
-    else:
-        inner = make_mode_step(optimizer, loss_fn, set_mode, donate=donate)
+    inner = make_train_step(optimizer, loss_fn, donate=donate, set_mode=set_mode)
 
     def step(model, opt_state, x, labels, key):
         x, labels = placement.shard_batch(x, labels)
