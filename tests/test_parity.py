@@ -145,7 +145,7 @@ def test_train_mode_outputs_and_running_stats_over_steps(name, size, images):
     [
         ("resnet18", (64, 64)),
         # 32x32 and 48x48 run layer3/layer4 convolutions through the matmul lowering; 48x48
-        # is where rejected speed-ups went wrong inside the jitted model (benchmarks/README.md).
+        # is where a first max-pool gradient of ours went wrong under jit (benchmarks/README.md).
         ("resnet18", (32, 32)),
         ("resnet18", (48, 48)),
         ("small_cnn", (32, 32)),
