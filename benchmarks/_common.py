@@ -68,6 +68,13 @@ def measure(
     return times
 
 
+def median_ms(fn: Callable[[], Any], runs: int, *, warmup: int = 2) -> float:
+    """Median milliseconds of exactly `runs` timed calls of `fn` (which must block until its
+    result is ready), after `warmup` untimed ones."""
+    times = measure(fn, warmup=warmup, min_runs=runs, max_runs=runs, min_time=0.0)
+    return statistics.median(times) * 1e3
+
+
 def summarize(times: list[float], batch: int) -> dict[str, Any]:
     """Images/s: median over runs, interquartile range and min/max."""
     rates = sorted(batch / t for t in times)

@@ -12,8 +12,6 @@ benchmarks/README.md ("what was tried").
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 import zoo
+from benchmarks._common import median_ms
 from zoo.layers._conv import _conv_as_matmul
 
 
@@ -39,17 +38,6 @@ def resnet18_convs(size: int) -> list[tuple[str, int, int, int, int, int, int]]:
         rows.append((f"layer{i + 1} 3x3 (x3)", planes, planes, 3, 1, 1, out))
         hw, inplanes = out, planes
     return rows
-
-
-def median_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def eigen_jit(fun: Callable) -> Callable:

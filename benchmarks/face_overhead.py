@@ -9,9 +9,6 @@ batch 1 and 32 (224x224).
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -19,18 +16,7 @@ import jax.numpy as jnp
 import torch
 
 import zoo
-from benchmarks._common import emit
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+from benchmarks._common import emit, median_ms
 
 
 def measure(name: str, shape: tuple[int, ...], repeats: int) -> dict:
