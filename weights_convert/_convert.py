@@ -93,18 +93,20 @@ def tensors_to_jax(
     batch, where = [], []
     for i, (tensor, dtype) in enumerate(zip(tensors, dtypes, strict=True)):
         tensor = tensor.detach()
-        if dtype is not None and tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
+        cast = dtype is not None and tensor.dtype != dtype
+        if cast:
+            tensor = tensor.to(dtype)  # a new tensor: the copy, if one was asked for
+        needs_copy = copy and not cast
         if tensor.device.type == "cpu" and tensor.dtype in _NUMPY_VIEWABLE:
             # `may_alias=False` does not force a copy on CPU (jaxlib 0.10), so copy here, with
             # torch: its buffers are 64-byte aligned, which JAX needs to alias the copy
             # (a NumPy copy is not, and JAX would copy it a second time).
-            if copy:
+            if needs_copy:
                 tensor = tensor.clone(memory_format=torch.contiguous_format)
             batch.append(tensor.numpy())
             where.append(i)
         else:
-            out[i] = torch_to_jax(tensor, copy=copy)
+            out[i] = torch_to_jax(tensor, copy=needs_copy)
     if batch:
         cpu = jax.devices("cpu")[0]
         for i, array in zip(where, jax.device_put(batch, cpu), strict=True):

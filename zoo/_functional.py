@@ -53,8 +53,7 @@ def loss_and_grads(
     # Differentiate in a canonical (eval-mode) structure, so gradients and optimizer state
     # match `trainable(model)` whichever mode the model is in.
     params, buffers, static = _canonical_split(model)
-    if set_mode is None:
-        set_mode = train_mode if is_training(model) else eval_mode
+    set_mode = set_mode or _current_mode(model)
 
     def objective(params):
         logits, new_model = set_mode(eqx.combine(params, buffers, static))(x, key=key)
@@ -62,6 +61,11 @@ def loss_and_grads(
 
     (loss, (logits, new_model)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return (loss, logits, new_model), grads
+
+
+def _current_mode(model: Any) -> Callable[[M], M]:
+    """The mode switch that keeps `model` in the (whole-model) mode it is in."""
+    return train_mode if is_training(model) else eval_mode
 
 
 def _canonical_split(model: Any) -> tuple[PyTree, PyTree, PyTree]:
@@ -105,7 +109,7 @@ def make_train_step(
         params, buffers, static = _canonical_split(new_model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        restore = set_mode or (train_mode if is_training(model) else eval_mode)
+        restore = set_mode or _current_mode(model)
         return restore(eqx.combine(params, buffers, static)), opt_state, loss, logits
 
     # Zoo models hold only arrays as leaves (flags are static fields), so plain jax.jit applies.
