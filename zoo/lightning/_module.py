@@ -320,8 +320,8 @@ class ImageClassifier(L.LightningModule):
         self._placement, self._jax_step = make_data_parallel_step(
             optimizer,
             devices=self._jax_devices,
-            # zoo.make_train_step runs one mode throughout: mixed modes need their own step.
-            set_mode=self._training_mode if self._head_only_train else None,
+            # Run and return the model in training's mode (mixed with a frozen backbone).
+            set_mode=self._training_mode,
         )
         model = self._equinox_from_face()
         opt_state = optimizer.init(trainable(model))
