@@ -109,7 +109,7 @@ class Runner:
         x, y = jnp.asarray(x_np), jnp.asarray(y_np, dtype=jnp.int32)
         if mode == "eval":
             model = zoo.eval_mode(self.eqx_model)
-            forward = jax.jit(zoo.forward)
+            forward = zoo.jit(zoo.forward)
             return lambda: forward(model, x).block_until_ready()
         optimizer = optax.sgd(LR, momentum=MOMENTUM)
         train_step = zoo.make_train_step(optimizer)

@@ -24,7 +24,7 @@ def measure(name: str, shape: tuple[int, ...], repeats: int) -> dict:
     x = torch.randn(*shape)
     xj = jnp.asarray(x.numpy())
     params, static = eqx.partition(jax_face.model, eqx.is_inexact_array)
-    grad = jax.jit(lambda p, x: jax.grad(lambda p: eqx.combine(p, static)(x)[0].sum())(p))
+    grad = zoo.jit(lambda p, x: jax.grad(lambda p: eqx.combine(p, static)(x)[0].sum())(p))
 
     def torch_no_grad() -> None:
         with torch.no_grad():

@@ -3,7 +3,9 @@
 XLA:CPU hands a convolution to a library kernel (YNNPACK or Eigen) only in the NHWC/HWIO
 form (`dim_labels=b01f_01io->b01f`). 3x3 convolutions on 2x2 and 1x1 maps (ResNet's layer3
 and layer4 at 32x32) get rewritten into other forms that run in a generic loop, 20-60x
-slower; `zoo.layers.Conv2d` computes those as a matmul instead.
+slower; `zoo.layers.Conv2d` computes those as a matmul instead. Under `zoo.jit` (every jitted
+entry point of the zoo) convolutions run on Eigen, not YNNPACK, and the max-pool gradient is
+slices and selects, not XLA:CPU's slow `select-and-scatter`.
 See benchmarks/README.md for the timings behind each.
 """
 
@@ -32,7 +34,7 @@ def resnet18_hlo(size: int) -> dict[str, str]:
     opt = optax.sgd(0.1, momentum=0.9)
     train = zoo.train_mode(model)
     step = zoo.make_train_step(opt, donate=False)
-    eval_fn = jax.jit(lambda m, x: m(x)[0])
+    eval_fn = zoo.jit(lambda m, x: m(x)[0])
     return {
         "eval": eval_fn.lower(zoo.eval_mode(model), x).compile().as_text(),
         "train": step.lower(train, opt.init(zoo.trainable(train)), x, labels, jax.random.key(0))
@@ -63,3 +65,40 @@ def test_without_the_matmul_lowering_the_32x32_model_has_slow_convolutions(monke
     monkeypatch.setattr(conv_module, "lowers_to_matmul", lambda *args: False)
     forms = conv_forms(resnet18_hlo(32)["eval"])
     assert any(form != FAST_FORM for form in forms)
+
+
+def ynnpack_convolutions(hlo: str) -> list[str]:
+    """The YNNPACK fusions of compiled HLO text that compute a convolution."""
+    return [
+        line
+        for line in hlo.splitlines()
+        if "ynn_fusion" in line and 'conv_general_dilated"' in line and " fusion(" in line
+    ]
+
+
+def test_zoo_jit_keeps_convolutions_off_ynnpack():
+    hlo = resnet18_hlo(64)
+    for name in ("eval", "train"):
+        assert conv_forms(hlo[name]), name
+        assert not ynnpack_convolutions(hlo[name]), name
+    # The detector can fail: under a plain jax.jit, XLA:CPU hands them to YNNPACK.
+    model = zoo.eval_mode(zoo.load("resnet18", framework="equinox", num_classes=10))
+    plain = jax.jit(lambda m, x: m(x)[0]).lower(model, jnp.ones((4, 3, 64, 64))).compile()
+    assert ynnpack_convolutions(plain.as_text())
+
+
+def test_train_step_has_no_select_and_scatter():
+    """Checked in the StableHLO that XLA receives (XLA:CPU may rewrite it to a `scatter`)."""
+    model = zoo.train_mode(zoo.load("resnet18", framework="equinox", num_classes=10))
+    opt = optax.sgd(0.1, momentum=0.9)
+    step = zoo.make_train_step(opt, donate=False)
+    args = (jnp.ones((4, 3, 64, 64)), jnp.zeros((4,), jnp.int32), jax.random.key(0))
+    lowered = step.lower(model, opt.init(zoo.trainable(model)), *args).as_text()
+    assert "select_and_scatter" not in lowered
+    # The detector can fail: the gradient of a plain reduce_window max is one.
+    pool = jax.grad(
+        lambda x: jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), "SAME"
+        ).sum()
+    )
+    assert "select_and_scatter" in jax.jit(pool).lower(jnp.ones((1, 1, 8, 8))).as_text()

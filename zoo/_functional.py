@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from weights_convert import split_params_buffers
 
+from ._compile import jit
 from ._modes import eval_mode, is_training, train_mode
 
 M = TypeVar("M")
@@ -112,5 +113,5 @@ def make_train_step(
         restore = set_mode or _current_mode(model)
         return restore(eqx.combine(params, buffers, static)), opt_state, loss, logits
 
-    # Zoo models hold only arrays as leaves (flags are static fields), so plain jax.jit applies.
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    # Zoo models hold only arrays as leaves (flags are static fields), so jit needs no filter.
+    return jit(step, donate_argnums=(0, 1) if donate else ())

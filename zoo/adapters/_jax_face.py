@@ -4,23 +4,23 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from weights_convert import split_params_buffers
 
+from .._compile import jit
 from .._functional import LossFn, cross_entropy, make_train_step, trainable
 from .._modes import eval_mode, train_mode
 
 
-@jax.jit
+@jit
 def _eval_logits(model: Any, x: Array) -> Array:
     return eval_mode(model)(x)[0]
 
 
-@jax.jit
+@jit
 def _train_forward(model: Any, x: Array, key: PRNGKeyArray | None) -> tuple[Array, Any]:
     return train_mode(model)(x, key=key)
 

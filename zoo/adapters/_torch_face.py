@@ -27,6 +27,7 @@ from torch import nn
 # expanded grads, channels_last or sliced inputs, unaligned views): never an error.
 from weights_convert import is_buffer_name, named_arrays, torch_to_jax as _to_jax
 
+from .._compile import jit
 from .._modes import eval_mode, train_mode
 from ..models._checks import check_image_batch
 
@@ -62,9 +63,9 @@ class _Program:
             i for i, n in enumerate(self.names) if is_buffer_name(n) and not _is_counter(n)
         ]
         self.counter_idx = [i for i, n in enumerate(self.names) if _is_counter(n)]
-        self.forward = jax.jit(self._run, static_argnums=(0,))
-        self.forward_vjp = jax.jit(self._forward_vjp, static_argnums=(0, 1))
-        self.backward = jax.jit(lambda vjp, g: vjp(g))
+        self.forward = jit(self._run, static_argnums=(0,))
+        self.forward_vjp = jit(self._forward_vjp, static_argnums=(0, 1))
+        self.backward = jit(lambda vjp, g: vjp(g))
 
     def _model(self, train: bool, params, buffers, counters) -> Any:
         leaves: list[Any] = [None] * len(self.names)

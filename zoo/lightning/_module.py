@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import weights_convert as wc
 
+from .._compile import jit
 from .._functional import cross_entropy, trainable
 from .._load import load
 from .._modes import eval_mode, train_mode
@@ -78,7 +79,7 @@ def _step_seed(seed: int, epoch: int, batch_idx: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, batch_idx)).generate_state(1)[0] >> 1)
 
 
-@jax.jit
+@jit
 def _eval_metrics(model: Any, x: jax.Array, labels: jax.Array):
     logits = eval_mode(model)(x)[0]
     return cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)

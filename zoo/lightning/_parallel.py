@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from .._compile import jit
 from .._functional import LossFn, cross_entropy, make_train_step
 from .._modes import eval_mode
 
@@ -80,7 +81,7 @@ def make_data_parallel_step(
     return placement, step
 
 
-@jax.jit
+@jit
 def eval_logits(model: Any, x: jax.Array) -> jax.Array:
     """Eval-mode logits (running BatchNorm statistics, no dropout)."""
     return eval_mode(model)(x)[0]
