@@ -5,6 +5,8 @@ import os
 # Two host devices, so sharding tests have a mesh to split over (must precede JAX's start).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
+import copy
+import inspect
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +81,89 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
             m.running_var.mul_(torch.rand(n, generator=gen) * 0.5 + 0.75)
             m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
     return model.train(was_training)
+
+
+_RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_MAX_POOLS = {F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d}
+_MAX_POOL_ARGS = inspect.signature(F.max_pool2d_with_indices)
+
+
+def _max_pool_gap(
+    x: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> float:
+    """The smallest gap between a pool window's largest and second-largest element, over the
+    windows whose largest is > 0 (in these models a pool follows a ReLU, so a tie at zero
+    routes the gradient to an element whose ReLU gradient is zero either way)."""
+    pair = torch.nn.modules.utils._pair
+    if ceil_mode or pair(dilation) != (1, 1):
+        raise NotImplementedError("kink_margin: max-pool with ceil_mode or dilation")
+    kernel, pad = pair(kernel_size), pair(padding)
+    padded = F.pad(x, (pad[1], pad[1], pad[0], pad[0]), value=-torch.inf)
+    windows = F.unfold(padded, kernel, stride=pair(stride or kernel_size))
+    top2 = windows.unflatten(1, (x.shape[1], -1)).topk(2, dim=2).values
+    gaps = (top2[:, :, 0] - top2[:, :, 1])[top2[:, :, 0] > 0]
+    return float(gaps.min()) if gaps.numel() else torch.inf
+
+
+class _KinkMargins(TorchFunctionMode):
+    """Records the distance to each ReLU and max-pool kink as the functions are called, so
+    `torch.relu` in a forward counts as much as an `nn.ReLU` module (modules call these too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = self.pool = torch.inf
+        self.relus = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS:  # before the call: an inplace ReLU overwrites its input
+            self.relu = min(self.relu, float(args[0].abs().min()))
+            self.relus += 1
+        elif func in _MAX_POOLS:
+            bound = _MAX_POOL_ARGS.bind(*args, **kwargs).arguments
+            self.pool = min(self.pool, _max_pool_gap(bound.pop("input"), **bound))
+        return func(*args, **kwargs)
+
+
+def kink_margin(model: torch.nn.Module, x: torch.Tensor, train: bool) -> float:
+    """How far the forward pass on `x` stays from ReLU and max-pool kinks, in float64: the
+    smallest |ReLU input| and the smallest gap between a max-pool window's two largest
+    elements (windows with a largest > 0). A gradient test is well conditioned if this is
+    well above fp32 rounding of the activations; closer, a correct fp32 implementation may
+    take the other branch and switch an element's gradient on or off.
+
+    Runs a float64 deep copy of `model` (in train mode if `train`), so the caller's model and
+    its BatchNorm buffers are untouched. ReLUs and max-pools are caught whether called as
+    modules or as functions (`torch.relu`, `F.max_pool2d`).
+    """
+    reference = copy.deepcopy(model).double().train(train)
+    margins = _KinkMargins()
+    with torch.no_grad(), margins:
+        reference(x.double())
+    assert margins.relus, "kink_margin saw no ReLU: does the model call another activation?"
+    return min(margins.relu, margins.pool)
+
+
+# The smallest kink_margin an fp32 gradient comparison with torch accepts. Near zero, fp32
+# rounding moves ResNet18's activations by ~1e-6 in the stem and up to ~2e-5 in layer4 (torch
+# fp32 against fp64); below 1e-5 a correct fp32 implementation may well take the other branch.
+KINK_MARGIN = 1e-5
+
+
+def assert_far_from_kinks(model: torch.nn.Module, x: torch.Tensor, train: bool, what: str) -> None:
+    """Fail, before any comparison, unless `kink_margin(model, x, train) >= KINK_MARGIN`: an
+    fp32 gradient test on an input closer to a kink tests rounding, not semantics."""
+    margin = kink_margin(model, x, train)
+    assert margin >= KINK_MARGIN, (
+        f"{what}: an activation is {margin:.1e} from a ReLU or max-pool kink (< {KINK_MARGIN}), "
+        "so fp32 rounding may flip its gradient on or off: choose another input seed"
+    )
 
 
 def to_numpy(x) -> np.ndarray:

@@ -2,7 +2,11 @@
 
 Tolerances: eval logits <= 1e-5 abs; train-mode logits and buffers <= 1e-5 abs; gradients
 rtol 1e-4 (atol 1e-4 of the tensor's largest gradient); weights and buffers after three
-SGD-with-momentum steps on both sides <= 1e-4 abs.
+SGD-with-momentum steps on both sides <= 1e-4 abs. Every gradient comparison runs on input
+seeds whose float64 forward keeps each ReLU input and max-pool gap >= KINK_MARGIN (1e-5) from
+its kink, checked before comparing (for the SGD runs at each step, on the reference as it is
+then): nearer, fp32 rounding can flip a branch in any correct implementation. The exact fp64
+gradient check is in test_parity.py.
 """
 
 import copy
@@ -16,7 +20,7 @@ import optax
 import pytest
 import torch
 import torchvision
-from conftest import max_abs_diff, randomize_batchnorm
+from conftest import assert_far_from_kinks, max_abs_diff, randomize_batchnorm
 
 import weights_convert as wc
 import zoo
@@ -71,9 +75,10 @@ def test_parameters_share_memory_with_the_jax_arrays(reference, images):
 
 def test_eval_and_train_logits_buffers_and_grads(reference, images):
     ref, face = fresh_pair(reference)
-    x = images(4, 3, 64, 64)
+    x = images(4, 3, 64, 64, seed=75)  # a seed with kink margin (seed 0: 3.6e-7)
     with torch.no_grad():
         assert max_abs_diff(face.eval()(x), ref.eval()(x)) <= TOL
+    assert_far_from_kinks(ref, x, train=True, what="64x64 seed 75")
     ref.train(), face.train()
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ref, out_face = ref(x1), face(x2)
@@ -88,16 +93,19 @@ def test_eval_and_train_logits_buffers_and_grads(reference, images):
     assert_grads_close(x2.grad, x1.grad, "input")
 
 
-@pytest.mark.parametrize("momentum", [0.9])
-def test_three_sgd_momentum_steps_end_in_the_same_weights(reference, images, momentum):
+# Input seeds, one a step, each with kink margin on the reference as it is at that step
+# (found by search, greedily step by step: consecutive seeds rarely all qualify).
+@pytest.mark.parametrize(("momentum", "seeds"), [(0.9, (21, 133, 143))])
+def test_three_sgd_momentum_steps_end_in_the_same_weights(reference, images, momentum, seeds):
     ref, face = fresh_pair(reference)
     ref.train(), face.train()
     opts = [
         torch.optim.SGD(m.parameters(), lr=0.05, momentum=momentum, weight_decay=1e-4)
         for m in (ref, face)
     ]
-    for step in range(3):
-        x, labels = images(4, 3, 48, 48, seed=step), torch.tensor([step, 1, 2, 3])
+    for step, seed in enumerate(seeds):
+        x, labels = images(4, 3, 48, 48, seed=seed), torch.tensor([step, 1, 2, 3])
+        assert_far_from_kinks(ref, x, train=True, what=f"step {step} seed {seed}")
         for m, opt in zip((ref, face), opts, strict=True):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(m(x), labels).backward()
@@ -199,7 +207,8 @@ def test_jax_face_logits_train_forward_and_transforms(reference, images):
     assert float(jnp.abs(grads.model.conv1.weight).max()) > 0
 
 
-def test_jax_face_sgd_steps_match_torch(reference, images):
+@pytest.mark.parametrize("seeds", [(21, 28, 134)])  # as above: one a step, with kink margin
+def test_jax_face_sgd_steps_match_torch(reference, images, seeds):
     ref = copy.deepcopy(reference).train()
     face = zoo.load("resnet18", weights=ref.state_dict())
     # lr 0.01: at 0.05 this batch-4 run blows up (loss 1.5 -> 4.3), a chaotic regime where
@@ -208,8 +217,9 @@ def test_jax_face_sgd_steps_match_torch(reference, images):
     step = face.make_train_step(optimizer)
     model, opt_state = zoo.train_mode(face.model), face.init_optimizer(optimizer)
     torch_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
-    for i in range(3):
-        x, labels = images(4, 3, 48, 48, seed=i), torch.tensor([i, 1, 2, 3])
+    for i, seed in enumerate(seeds):
+        x, labels = images(4, 3, 48, 48, seed=seed), torch.tensor([i, 1, 2, 3])
+        assert_far_from_kinks(ref, x, train=True, what=f"step {i} seed {seed}")
         torch_opt.zero_grad()
         torch.nn.functional.cross_entropy(ref(x), labels).backward()
         torch_opt.step()
