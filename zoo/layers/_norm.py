@@ -1,10 +1,8 @@
 """BatchNorm with torch's exact semantics, its buffers held as fields named like torch's."""
 
-import functools
 from typing import Self
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
@@ -67,20 +65,17 @@ class BatchNorm2d(eqx.Module):
     ) -> tuple[Float[Array, "batch channels height width"], Self]:
         if self.inference:
             return self._normalise(x, self.running_mean, self.running_var), self
+        # Statistics in at least fp32, as torch does for half inputs.
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        xs = x.astype(stat_dtype)
+        mean = jnp.mean(xs, axis=(0, 2, 3))
+        var = jnp.mean(jnp.square(xs - mean[None, :, None, None]), axis=(0, 2, 3))
         count = x.size // x.shape[1]
         if count < 2:
             raise ValueError(
                 "BatchNorm2d in train mode needs more than one value per channel "
                 f"(got input of shape {x.shape}); use a batch larger than 1 or eval mode."
             )
-        # Statistics in at least fp32, as torch does for half inputs.
-        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        out, mean, var = batch_norm_train(
-            x.astype(stat_dtype),
-            self.weight.astype(stat_dtype),
-            self.bias.astype(stat_dtype),
-            self.eps,
-        )
         num_batches = self.num_batches_tracked + 1
         factor = 1.0 / num_batches if self.momentum is None else self.momentum
         unbiased_var = var * (count / (count - 1))
@@ -95,7 +90,7 @@ class BatchNorm2d(eqx.Module):
                 num_batches.astype(self.num_batches_tracked.dtype),
             ),
         )
-        return out.astype(x.dtype), updated
+        return self._normalise(xs, mean, var).astype(x.dtype), updated
 
     def _normalise(self, x: Array, mean: Array, var: Array) -> Array:
         # Centre first, as torch does: folding the mean into a shift (x * scale + shift)
@@ -105,60 +100,3 @@ class BatchNorm2d(eqx.Module):
         scale = (self.weight * inv).astype(x.dtype)
         centred = x - mean.astype(x.dtype)[None, :, None, None]
         return centred * scale[None, :, None, None] + self.bias.astype(x.dtype)[None, :, None, None]
-
-
-_PerChannel = Float[Array, " channels"]
-
-
-def _channel(v: Array) -> Array:
-    return v[None, :, None, None]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(
-    x: Float[Array, "batch channels height width"],
-    weight: Float[Array, " channels"],
-    bias: Float[Array, " channels"],
-    eps: float,
-) -> tuple[Float[Array, "batch channels height width"], _PerChannel, _PerChannel]:
-    """Train-mode batch normalisation: `(y, mean, biased_var)` over the batch and spatial
-    axes, with the closed-form gradient torch's kernels use.
-
-    Why custom: JAX's autodiff of the mean/variance graph gives the same numbers but about
-    twice the XLA fusions per BatchNorm, which is most of a ResNet train step's compile time
-    (benchmarks/README.md). Gradients flow to `x`, `weight` and `bias`, also through the
-    returned statistics.
-    """
-    (y, mean, var), _ = _batch_norm_train_fwd(x, weight, bias, eps)
-    return y, mean, var
-
-
-def _batch_norm_train_fwd(x, weight, bias, eps):
-    mean = jnp.mean(x, axis=(0, 2, 3))
-    # Centre first, as torch does (see `BatchNorm2d._normalise`).
-    centred = x - _channel(mean)
-    var = jnp.mean(jnp.square(centred), axis=(0, 2, 3))
-    inv = 1.0 / jnp.sqrt(var + eps)
-    y = centred * _channel(weight * inv) + _channel(bias)
-    return (y, mean, var), (centred, inv, weight)
-
-
-def _batch_norm_train_bwd(eps, residuals, cotangents):
-    del eps
-    centred, inv, weight = residuals
-    g_y, g_mean, g_var = cotangents
-    n = g_y.size // g_y.shape[1]
-    g_bias = jnp.sum(g_y, axis=(0, 2, 3))
-    g_y_dot_centred = jnp.sum(g_y * centred, axis=(0, 2, 3))
-    g_weight = g_y_dot_centred * inv
-    # d/dx of (x - mean) * inv * weight, with mean and inv themselves functions of x.
-    scale = weight * inv
-    g_x = _channel(scale) * (
-        g_y - _channel(g_bias / n) - centred * _channel(inv * inv * g_y_dot_centred / n)
-    )
-    # The statistics' own cotangents (zero unless a caller differentiates through them).
-    g_x = g_x + _channel(g_mean / n) + centred * _channel(2.0 * g_var / n)
-    return g_x, g_weight, g_bias
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
