@@ -1,18 +1,16 @@
-"""Every convolution shape of ResNet18, four ways: XLA as `jax.jit` compiles it (YNNPACK
-for the shapes it takes), XLA with YNNPACK off for convolutions (Eigen; a per-jit compiler
-option), the im2col matmul (`zoo.layers.Conv2d`'s lowering) and torch eager. Forward, and
-forward + both gradients (input and weight), median ms.
+"""Every convolution shape of ResNet18, four ways: XLA as a plain `jax.jit` compiles it
+(YNNPACK for the shapes it takes), XLA under `zoo.jit` (convolutions on Eigen; a per-jit
+compiler option), the im2col matmul (`zoo.layers.Conv2d`'s lowering, under `zoo.jit`) and
+torch eager. Forward, and forward + both gradients (input and weight), median ms.
 
     .venv/bin/python -m benchmarks.conv_lowering [--size 32 --batch 128] [--runs 7]
 
-It backs which convolutions `Conv2d` lowers to a matmul (`zoo.layers.lowers_to_matmul`), and
-records why the zoo does not turn YNNPACK off although Eigen is faster on the big maps: see
-benchmarks/README.md ("what was tried").
+It backs two choices in `zoo/`: which convolutions `Conv2d` lowers to a matmul
+(`zoo.layers.lowers_to_matmul`) and `zoo.CPU_COMPILER_OPTIONS` (see benchmarks/README.md).
 """
 
 import argparse
 import os
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +38,6 @@ def resnet18_convs(size: int) -> list[tuple[str, int, int, int, int, int, int]]:
     return rows
 
 
-def eigen_jit(fun: Callable) -> Callable:
-    """`jax.jit` with XLA:CPU's YNNPACK fusions off (convolutions then run on Eigen)."""
-    return jax.jit(fun, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})
-
-
 def jax_cells(conv, x, w, runs: int, jit) -> tuple[float, float]:
     def loss(x, w):
         return jnp.vdot(conv(x, w), conv(x, w))
@@ -70,7 +63,7 @@ def main() -> None:
         "forward / forward + input and weight gradients"
     )
     print(
-        "| conv | in->out, k, s, map | XLA (jax.jit) | XLA, YNNPACK off | matmul "
+        "| conv | in->out, k, s, map | XLA (jax.jit) | XLA (zoo.jit) | matmul (zoo.jit) "
         "| torch eager | zoo uses |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -88,8 +81,8 @@ def main() -> None:
         np.testing.assert_allclose(xla(x, w), matmul(x, w), rtol=2e-4, atol=2e-4)
         cells = [
             jax_cells(xla, x, w, args.runs, jax.jit),
-            jax_cells(xla, x, w, args.runs, eigen_jit),
-            jax_cells(matmul, x, w, args.runs, jax.jit),
+            jax_cells(xla, x, w, args.runs, zoo.jit),
+            jax_cells(matmul, x, w, args.runs, zoo.jit),
         ]
         tconv = torch.nn.Conv2d(cin, cout, k, s, p, bias=False)
         tx = torch.from_numpy(x_np).requires_grad_()

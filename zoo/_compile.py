@@ -13,6 +13,8 @@ import jax
 CPU_COMPILER_OPTIONS: dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }
+"""The `compiler_options` `zoo.jit` adds: XLA:CPU keeps convolutions on its Eigen kernels
+(YNNPACK only for dots)."""
 
 
 def _is_traced(args: Any) -> bool:
