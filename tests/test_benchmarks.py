@@ -66,3 +66,19 @@ def test_quick_benchmarks(tmp_path: Path) -> None:
     report = (tmp_path / "results.md").read_text()
     assert "ResNet18" in report and "One Lightning training epoch" in report
     assert "Torch-face overhead" in report
+
+
+@pytest.mark.slow
+def test_profile_step_names_the_xla_ops(tmp_path: Path) -> None:
+    """`benchmarks.profile_step` at a tiny size: its table lists op kinds with their times."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_step", "--size", "32", "--batch", "4"],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    rows = [line.split("|")[1:3] for line in result.stdout.splitlines() if "_fusion |" in line]
+    assert rows and all(float(ms) >= 0 for _, ms in rows), result.stdout
+    assert "(unnamed: convolutions, waits)" in result.stdout

@@ -20,7 +20,7 @@ import optax
 import pytest
 import torch
 import torchvision
-from conftest import assert_far_from_kinks, max_abs_diff, randomize_batchnorm
+from conftest import ROOT, assert_far_from_kinks, max_abs_diff, randomize_batchnorm, run_python
 
 import weights_convert as wc
 import zoo
@@ -166,6 +166,16 @@ def test_bf16_deepcopy_save_and_compile(reference, images, tmp_path):
     face.to("cpu")
     with torch.no_grad():
         face(x)
+
+
+def test_import_zoo_leaves_torch_dynamo_unloaded():
+    """`torch.compiler.disable` on the torch face imports torch._dynamo (~1.2 s); it is applied
+    when the first torch face is built, so `import zoo` (and JAX-only use) does not pay it."""
+    code = (
+        "import sys, zoo; assert 'torch._dynamo' not in sys.modules; "
+        "zoo.load('cnn', framework='torch'); assert 'torch._dynamo' in sys.modules"
+    )
+    run_python(["-c", code], cwd=ROOT)
 
 
 def test_bad_inputs_are_named_before_computing(reference):

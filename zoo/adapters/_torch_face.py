@@ -145,6 +145,7 @@ class TorchModel(nn.Module):
 
     def __init__(self, model: Any, name: str = ""):
         super().__init__()
+        _keep_dynamo_out()
         self.name = name
         self.in_chans = int(getattr(model, "in_chans", 3))
         self._program = _Program(model)
@@ -245,7 +246,6 @@ class TorchModel(nn.Module):
                 c.add_(1)
 
     # -- compute ----------------------------------------------------------------------------
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for an NCHW float batch; differentiable w.r.t. the parameters and `x`."""
         params = [p for p in self.parameters()]
@@ -261,3 +261,14 @@ class TorchModel(nn.Module):
         logits, new_flat, vjp = self._program.forward_vjp(self.training, input_grad, *args)
         self._write_buffers(targets, new_flat)
         return torch.from_dlpack(logits), vjp
+
+
+def _keep_dynamo_out() -> None:
+    """Wrap `TorchModel.forward` in `torch.compiler.disable`, once: `torch.compile` must not
+    trace into its JAX calls. Done when the first torch face is built rather than at class
+    definition, because `torch.compiler.disable` imports `torch._dynamo` (~1.2 s), which
+    `import zoo` and JAX-only users need not pay."""
+    if not getattr(TorchModel.forward, "_zoo_dynamo_disabled", False):
+        forward = torch.compiler.disable(TorchModel.forward)
+        forward._zoo_dynamo_disabled = True  # type: ignore[attr-defined]
+        TorchModel.forward = forward  # type: ignore[method-assign]
