@@ -102,3 +102,16 @@ def test_train_step_has_no_select_and_scatter():
         ).sum()
     )
     assert "select_and_scatter" in jax.jit(pool).lower(jnp.ones((1, 1, 8, 8))).as_text()
+
+
+def test_zoo_jit_is_a_plain_jit_where_the_option_is_unknown(monkeypatch):
+    """An older jaxlib rejects unknown compile options; zoo.jit then compiles without them."""
+    import zoo._compile as compile_module
+
+    monkeypatch.setattr(compile_module, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "x"})
+    compile_module._cpu_options_apply.cache_clear()
+    try:
+        assert float(zoo.jit(lambda x: x + 1)(jnp.ones(()))) == 2.0
+        assert not compile_module._cpu_options_apply()
+    finally:
+        compile_module._cpu_options_apply.cache_clear()

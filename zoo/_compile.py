@@ -21,6 +21,21 @@ def _is_traced(args: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args))
 
 
+@functools.cache
+def _cpu_options_apply() -> bool:
+    """Whether `CPU_COMPILER_OPTIONS` apply here: the default backend is the CPU, and this
+    jaxlib knows the option (older ones reject unknown option names at compile time).
+    Asked at the first call of a `zoo.jit` function, never at import, so importing the zoo
+    does not start a JAX backend."""
+    if jax.default_backend() != "cpu":
+        return False
+    try:
+        jax.jit(lambda: 0, compiler_options=CPU_COMPILER_OPTIONS).lower().compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
+
+
 def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Any:
     """`jax.jit(fun, **jit_kwargs)` with `CPU_COMPILER_OPTIONS` added to its
     `compiler_options` (options given by the caller win).
@@ -31,7 +46,8 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Any:
 
     JAX accepts compiler options only on the outermost computation, so a call made while
     tracing (inside your own `jax.jit`, `jax.grad` or `jax.vmap`) runs as a plain `jax.jit`
-    and the outer transformation's options apply.
+    and the outer transformation's options apply. Off the CPU, or with a jaxlib that lacks
+    the option, it is a plain `jax.jit` too.
 
     **Arguments:**
 
@@ -40,15 +56,21 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Any:
 
     **Returns:** the jitted function; `.lower(...)` lowers the top-level version.
     """
-    options = CPU_COMPILER_OPTIONS | dict(jit_kwargs.pop("compiler_options", None) or {})
-    top_level = jax.jit(fun, compiler_options=options, **jit_kwargs)
+    caller_options = dict(jit_kwargs.pop("compiler_options", None) or {})
     nested = jax.jit(fun, **jit_kwargs)
+
+    @functools.cache
+    def top_level() -> Any:
+        if not _cpu_options_apply():
+            return jax.jit(fun, compiler_options=caller_options or None, **jit_kwargs)
+        options = CPU_COMPILER_OPTIONS | caller_options
+        return jax.jit(fun, compiler_options=options, **jit_kwargs)
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
-        return (nested if _is_traced((args, kwargs)) else top_level)(*args, **kwargs)
+        return (nested if _is_traced((args, kwargs)) else top_level())(*args, **kwargs)
 
-    call.lower = top_level.lower  # type: ignore[attr-defined]
+    call.lower = lambda *args, **kwargs: top_level().lower(*args, **kwargs)  # type: ignore[attr-defined]
     return call
 
 
