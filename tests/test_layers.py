@@ -100,6 +100,7 @@ def test_conv2d_keeps_xla_convolution_where_its_kernel_is_fast():
         (3, 1, 1, (5, 5)),  # overlapping stride-1 windows
         ((3, 2), (2, 1), (1, 0), (7, 6)),
         (5, 3, 2, (11, 9)),
+        (12, 6, 2, (30, 30)),  # 144 taps: more than an int8 tap index holds
     ],
 )
 def test_maxpool_gradient_matches_torch_including_ties(kernel, stride, padding, size, images):

@@ -9,7 +9,7 @@ import jax
 # XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default; for ResNet's 3x3
 # convolutions its own Eigen kernels are 1.3-2x faster (forward and both gradients; see
 # benchmarks/README.md). Dots stay with YNNPACK. These are per-computation DebugOptions:
-# no process-wide flag is changed, and backends other than CPU ignore `xla_cpu_*` fields.
+# no process-wide flag is changed. Off the CPU, `jit` adds nothing.
 CPU_COMPILER_OPTIONS: dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }

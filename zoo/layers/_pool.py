@@ -74,13 +74,14 @@ def _max_pool2d_jvp(kernel, stride, padding, primals, tangents):
     # One pass computes the max and the index of its first tap from the *same* values: an
     # argmax found by comparing taps with a separately computed max can miss, because XLA
     # may round two copies of the pool's input differently.
+    index_dtype = jnp.int8 if len(taps) <= 127 else jnp.int32
     out = _tap(xs, *taps[0], stride, out_hw)
-    first = jnp.zeros(out.shape, jnp.int8)
+    first = jnp.zeros(out.shape, index_dtype)
     for t in range(1, len(taps)):
         value = _tap(xs, *taps[t], stride, out_hw)
         better = (value > out) | jnp.isnan(value)
         out = jnp.where(better, value, out)
-        first = jnp.where(better, jnp.int8(t), first)
+        first = jnp.where(better, jnp.asarray(t, index_dtype), first)
     # The tangent is a sum of masked contiguous slices of the phase-split tangent. Its
     # transpose (the gradient) is one masked pad per tap, summed: ~2x faster than XLA:CPU's
     # select_and_scatter, where a chain of `where`s transposed into ~1.5x slower.
