@@ -12,6 +12,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,14 @@ def assert_far_from_kinks(model: torch.nn.Module, x: torch.Tensor, train: bool, 
     assert margin >= KINK_MARGIN, (
         f"{what}: an activation is {margin:.1e} from a ReLU or max-pool kink (< {KINK_MARGIN}), "
         "so fp32 rounding may flip its gradient on or off: choose another input seed"
+    )
+
+
+def to_float64(model):
+    """`model` (any JAX pytree) with its float32 arrays cast to float64; integer arrays (the
+    BatchNorm counters) stay. Use under `jax.enable_x64(True)`."""
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, model
     )
 
 

@@ -27,20 +27,24 @@ def conv_forms(hlo: str) -> list[str]:
     return re.findall(r" convolution\(.*?dim_labels=([^,\s]+)", hlo)
 
 
-def resnet18_hlo(size: int) -> dict[str, str]:
+def resnet18_lowered(size: int, jit=zoo.jit) -> dict[str, jax.stages.Lowered]:
+    """ResNet18's eval forward (under `jit`) and `zoo.make_train_step`'s step, lowered for a
+    batch of 4 `size`x`size` images."""
     model = zoo.load("resnet18", framework="equinox", num_classes=10)
     x = jnp.ones((4, 3, size, size))
     labels = jnp.zeros((4,), jnp.int32)
     opt = optax.sgd(0.1, momentum=0.9)
     train = zoo.train_mode(model)
     step = zoo.make_train_step(opt, donate=False)
-    eval_fn = zoo.jit(lambda m, x: m(x)[0])
     return {
-        "eval": eval_fn.lower(zoo.eval_mode(model), x).compile().as_text(),
-        "train": step.lower(train, opt.init(zoo.trainable(train)), x, labels, jax.random.key(0))
-        .compile()
-        .as_text(),
+        "eval": jit(lambda m, x: m(x)[0]).lower(zoo.eval_mode(model), x),
+        "train": step.lower(train, opt.init(zoo.trainable(train)), x, labels, jax.random.key(0)),
     }
+
+
+def resnet18_hlo(size: int) -> dict[str, str]:
+    """`resnet18_lowered`'s computations as XLA:CPU compiles them (HLO text)."""
+    return {name: low.compile().as_text() for name, low in resnet18_lowered(size).items()}
 
 
 def test_detector_sees_the_slow_form():
@@ -82,19 +86,13 @@ def test_zoo_jit_keeps_convolutions_off_ynnpack():
         assert conv_forms(hlo[name]), name
         assert not ynnpack_convolutions(hlo[name]), name
     # The detector can fail: under a plain jax.jit, XLA:CPU hands them to YNNPACK.
-    model = zoo.eval_mode(zoo.load("resnet18", framework="equinox", num_classes=10))
-    plain = jax.jit(lambda m, x: m(x)[0]).lower(model, jnp.ones((4, 3, 64, 64))).compile()
+    plain = resnet18_lowered(64, jit=jax.jit)["eval"].compile()
     assert ynnpack_convolutions(plain.as_text())
 
 
 def test_train_step_has_no_select_and_scatter():
     """Checked in the StableHLO that XLA receives (XLA:CPU may rewrite it to a `scatter`)."""
-    model = zoo.train_mode(zoo.load("resnet18", framework="equinox", num_classes=10))
-    opt = optax.sgd(0.1, momentum=0.9)
-    step = zoo.make_train_step(opt, donate=False)
-    args = (jnp.ones((4, 3, 64, 64)), jnp.zeros((4,), jnp.int32), jax.random.key(0))
-    lowered = step.lower(model, opt.init(zoo.trainable(model)), *args).as_text()
-    assert "select_and_scatter" not in lowered
+    assert "select_and_scatter" not in resnet18_lowered(64)["train"].as_text()
     # The detector can fail: the gradient of a plain reduce_window max is one.
     pool = jax.grad(
         lambda x: jax.lax.reduce_window(

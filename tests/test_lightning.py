@@ -7,12 +7,12 @@ import textwrap
 import warnings
 
 import jax
-import jax.numpy as jnp
 import lightning as L
 import numpy as np
 import optax
 import pytest
 import torch
+from conftest import to_float64
 
 import zoo
 from zoo.lightning import (
@@ -249,9 +249,7 @@ def test_sharded_step_equals_unsharded():
         for devices in (jax.devices()[:1], jax.devices()[:2]):
             placement, step = make_data_parallel_step(opt, devices=devices)
             model = zoo.train_mode(zoo.load("cnn", framework="equinox", num_classes=10))
-            model = jax.tree_util.tree_map(
-                lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, model
-            )
+            model = to_float64(model)
             model, state = (
                 placement.replicate(model),
                 placement.replicate(opt.init(zoo.trainable(model))),

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import assert_far_from_kinks, max_abs_diff, randomize_batchnorm
+from conftest import assert_far_from_kinks, max_abs_diff, randomize_batchnorm, to_float64
 
 import weights_convert as wc
 import zoo
@@ -55,12 +55,6 @@ def test_resnet18_eval_logits(size, images):
     diff = max_abs_diff(eval_logits(model, jnp.asarray(x.numpy())), ref)
     print(f"resnet18 eval {size}: max abs diff {diff:.2e}")
     assert diff <= TOL
-
-
-def to_float64(model):
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, model
-    )
 
 
 def assert_deep_parity(reference, model, x: torch.Tensor, label: str) -> None:

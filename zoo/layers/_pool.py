@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._conv import _pair
+from ._conv import _output_size, _pair
 
 
 def _phases(x: Array, kernel, stride, padding, fill: float, out_hw) -> Array:
@@ -30,10 +30,6 @@ def _phases(x: Array, kernel, stride, padding, fill: float, out_hw) -> Array:
 def _tap(phases: Array, i: int, j: int, stride, out_hw) -> Array:
     (sh, sw), (oh, ow) = stride, out_hw
     return phases[:, :, i // sh : i // sh + oh, i % sh, j // sw : j // sw + ow, j % sw]
-
-
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
@@ -66,7 +62,7 @@ def max_pool2d(
 def _max_pool2d_jvp(kernel, stride, padding, primals, tangents):
     (x,), (dx,) = primals, tangents
     out_hw = tuple(
-        _out_size(n, k, s, p)
+        _output_size(n, k, s, p, dilation=1)
         for n, k, s, p in zip(x.shape[2:], kernel, stride, padding, strict=True)
     )
     taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
