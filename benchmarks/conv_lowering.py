@@ -1,7 +1,8 @@
 """Every convolution shape of ResNet18, four ways: XLA as a plain `jax.jit` compiles it
 (YNNPACK for the shapes it takes), XLA under `zoo.jit` (convolutions on Eigen; a per-jit
 compiler option), the im2col matmul (`zoo.layers.Conv2d`'s lowering, under `zoo.jit`) and
-torch eager. Forward, and forward + both gradients (input and weight), median ms.
+torch eager. The JAX columns run NHWC, the layout the zoo's models compute in; torch runs
+NCHW, as torchvision does. Forward, and forward + both gradients (input and weight), median ms.
 
     .venv/bin/python -m benchmarks.conv_lowering [--size 32 --batch 128] [--runs 7]
 
@@ -70,10 +71,12 @@ def main() -> None:
     for name, cin, cout, k, s, p, hw in resnet18_convs(args.size):
         x_np = rng.standard_normal((args.batch, cin, hw, hw), dtype=np.float32)
         w_np = rng.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.05
-        x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+        x, w = jnp.asarray(x_np.transpose(0, 2, 3, 1)), jnp.asarray(w_np)
 
         def xla(x, w, s=s, p=p):
-            return jax.lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)))
+            return jax.lax.conv_general_dilated(
+                x, w, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "OIHW", "NHWC")
+            )
 
         def matmul(x, w, s=s, p=p):
             return _conv_as_matmul(x, w, (s, s), (p, p))

@@ -13,6 +13,23 @@ from zoo import eval_mode, layers
 from zoo.layers import lowers_to_matmul
 
 TOL = 1e-5
+# Every layer that the models run in NHWC is checked in both layouts.
+LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+
+
+def in_layout(layer, channels_last: bool):
+    """`layer` as a function of NCHW arrays. With `channels_last` it runs in NHWC inside: its
+    input is transposed to NHWC and its output (the first element of a tuple) back."""
+    if not channels_last:
+        return layer
+
+    def call(x):
+        out = layer(x.transpose(0, 2, 3, 1), channels_last=True)
+        if isinstance(out, tuple):
+            return (out[0].transpose(0, 3, 1, 2), *out[1:])
+        return out.transpose(0, 3, 1, 2)
+
+    return call
 
 
 @pytest.mark.parametrize(
@@ -26,23 +43,30 @@ TOL = 1e-5
         (4, 2, 1, 1, 1, (8, 8)),  # even kernel: where 'SAME' padding would differ
     ],
 )
-def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, size, images):
+@LAYOUTS
+def test_conv2d_matches_torch(
+    kernel, stride, padding, dilation, groups, size, channels_last, images
+):
     torch_conv = torch.nn.Conv2d(8, 12, kernel, stride, padding, dilation, groups, bias=True)
     conv = layers.Conv2d(8, 12, kernel, stride, padding, dilation, groups, key=jax.random.key(0))
     conv, _ = wc.load_state_dict(conv, torch_conv.state_dict())
     x = images(2, 8, *size)
-    assert max_abs_diff(conv(jnp.asarray(x.numpy())), torch_conv(x)) <= TOL
+    assert (
+        max_abs_diff(in_layout(conv, channels_last)(jnp.asarray(x.numpy())), torch_conv(x)) <= TOL
+    )
 
 
 @pytest.mark.parametrize(
     ("kernel", "stride", "padding", "size"),
     [(3, 2, 1, (33, 33)), (3, 2, 1, (97, 131)), (2, 2, 0, (9, 7))],
 )
-def test_maxpool_pads_with_minus_infinity(kernel, stride, padding, size, images):
+@LAYOUTS
+def test_maxpool_pads_with_minus_infinity(kernel, stride, padding, size, channels_last, images):
     # All-negative input: zero padding would win the max at the border; -inf must not.
     x = -images(2, 3, *size).abs() - 1.0
     ref = torch.nn.MaxPool2d(kernel, stride, padding)(x)
-    out = layers.MaxPool2d(kernel, stride, padding)(jnp.asarray(x.numpy()))
+    pool = in_layout(layers.MaxPool2d(kernel, stride, padding), channels_last)
+    out = pool(jnp.asarray(x.numpy()))
     assert out.shape == tuple(ref.shape)
     assert max_abs_diff(out, ref) == 0.0
 
@@ -61,7 +85,10 @@ def test_maxpool_pads_with_minus_infinity(kernel, stride, padding, size, images)
         ((3, 1), (1, 2), (1, 0), (2, 3)),  # non-square kernel, stride, padding
     ],
 )
-def test_conv2d_matmul_lowering_matches_torch_with_gradients(kernel, stride, padding, size, images):
+@LAYOUTS
+def test_conv2d_matmul_lowering_matches_torch_with_gradients(
+    kernel, stride, padding, size, channels_last, images
+):
     """The convolutions computed as im2col + matmul (see `lowers_to_matmul`) agree with torch
     in the forward, the input gradient and the weight/bias gradients."""
     torch_conv = torch.nn.Conv2d(8, 12, kernel, stride, padding, bias=True)
@@ -73,7 +100,9 @@ def test_conv2d_matmul_lowering_matches_torch_with_gradients(kernel, stride, pad
     cotangent = images(*ref.shape, seed=1)
     (ref * cotangent).sum().backward()
 
-    out, vjp = jax.vjp(lambda c, x: c(x), conv, jnp.asarray(x.detach().numpy()))
+    out, vjp = jax.vjp(
+        lambda c, x: in_layout(c, channels_last)(x), conv, jnp.asarray(x.detach().numpy())
+    )
     conv_grad, x_grad = vjp(jnp.asarray(cotangent.numpy()))
     assert out.shape == tuple(ref.shape)
     assert max_abs_diff(out, ref) <= TOL
@@ -103,7 +132,10 @@ def test_conv2d_keeps_xla_convolution_where_its_kernel_is_fast():
         (12, 6, 2, (30, 30)),  # 144 taps: more than an int8 tap index holds
     ],
 )
-def test_maxpool_gradient_matches_torch_including_ties(kernel, stride, padding, size, images):
+@LAYOUTS
+def test_maxpool_gradient_matches_torch_including_ties(
+    kernel, stride, padding, size, channels_last, images
+):
     """Each output's gradient goes to the first maximal element of its window (row-major), as
     torch's kernel routes it: checked on a ReLU output (many zeros tie) and with planted
     ties of positive values."""
@@ -114,16 +146,17 @@ def test_maxpool_gradient_matches_torch_including_ties(kernel, stride, padding, 
     ref = torch.nn.functional.max_pool2d(x, kernel, stride, padding)
     cotangent = images(*ref.shape, seed=1)
     (ref * cotangent).sum().backward()
-    pool = layers.MaxPool2d(kernel, stride, padding)
+    pool = in_layout(layers.MaxPool2d(kernel, stride, padding), channels_last)
     out, vjp = jax.vjp(pool, jnp.asarray(x.detach().numpy()))
     assert max_abs_diff(out, ref) == 0.0
     assert max_abs_diff(vjp(jnp.asarray(cotangent.numpy()))[0], x.grad) == 0.0
 
 
-def test_maxpool_supports_forward_mode_autodiff(images):
+@LAYOUTS
+def test_maxpool_supports_forward_mode_autodiff(channels_last, images):
     x = jnp.asarray(images(2, 3, 9, 9).numpy())
     tangent = jnp.asarray(images(2, 3, 9, 9, seed=1).numpy())
-    pool = layers.MaxPool2d(3, 2, 1)
+    pool = in_layout(layers.MaxPool2d(3, 2, 1), channels_last)
     _, jvp_out = jax.jvp(pool, (x,), (tangent,))
     # Linear in the tangent, and equal to the transpose of the VJP: <J t, c> == <t, J^T c>.
     cotangent = jnp.asarray(images(*jvp_out.shape, seed=2).numpy())
@@ -146,14 +179,15 @@ def _bn_pair(momentum=0.1, seed=0):
     return torch_bn, bn
 
 
+@LAYOUTS
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_batchnorm_train_mode_matches_torch_over_steps(momentum, images):
+def test_batchnorm_train_mode_matches_torch_over_steps(momentum, channels_last, images):
     torch_bn, bn = _bn_pair(momentum)
     torch_bn.train()
     for step in range(3):
         x = images(4, 6, 5, 3, seed=step) * 3 + 1
         ref = torch_bn(x)
-        out, bn = bn(jnp.asarray(x.numpy()))
+        out, bn = in_layout(bn, channels_last)(jnp.asarray(x.numpy()))
         assert max_abs_diff(out, ref) <= TOL
         # The running variance takes the *unbiased* batch variance, as torch does.
         assert max_abs_diff(bn.running_mean, torch_bn.running_mean) <= TOL
@@ -161,12 +195,13 @@ def test_batchnorm_train_mode_matches_torch_over_steps(momentum, images):
         assert int(bn.num_batches_tracked) == int(torch_bn.num_batches_tracked)
 
 
-def test_batchnorm_eval_mode_uses_running_stats(images):
+@LAYOUTS
+def test_batchnorm_eval_mode_uses_running_stats(channels_last, images):
     torch_bn, bn = _bn_pair()
     torch_bn.eval()
     bn = eval_mode(bn)
-    x = images(2, 6, 4, 4)
-    out, same = bn(jnp.asarray(x.numpy()))
+    x = images(2, 6, 4, 3)
+    out, same = in_layout(bn, channels_last)(jnp.asarray(x.numpy()))
     assert max_abs_diff(out, torch_bn(x)) <= TOL
     assert same is bn  # eval mode leaves the buffers alone
 
@@ -174,6 +209,13 @@ def test_batchnorm_eval_mode_uses_running_stats(images):
 def test_batchnorm_train_mode_rejects_a_single_value_per_channel():
     with pytest.raises(ValueError, match="more than one value per channel"):
         layers.BatchNorm2d(3)(jnp.ones((1, 3, 1, 1)))
+
+
+@LAYOUTS
+def test_adaptive_avg_pool_matches_torch(channels_last, images):
+    x = images(2, 5, 7, 3)
+    out = in_layout(layers.AdaptiveAvgPool2d(), channels_last)(jnp.asarray(x.numpy()))
+    assert max_abs_diff(out, torch.nn.AdaptiveAvgPool2d((1, 1))(x)) <= TOL
 
 
 def test_linear_matches_torch(images):
@@ -209,8 +251,9 @@ def test_default_initialisation_has_torch_statistics():
     assert float(jnp.max(jnp.abs(conv.bias))) <= bound
 
 
+@LAYOUTS
 @pytest.mark.parametrize("train", [True, False])
-def test_batchnorm_gradients_match_torch_with_an_offset_input(train, images):
+def test_batchnorm_gradients_match_torch_with_an_offset_input(train, channels_last, images):
     # Gradients w.r.t. weight, bias and input, in both modes. (The cancellation bug fixed in
     # `_normalise` only showed through a whole ResNet: test_faces' gradient test guards it.)
     torch_bn, bn = _bn_pair()
@@ -225,7 +268,7 @@ def test_batchnorm_gradients_match_torch_with_an_offset_input(train, images):
     (torch_bn(xt) * upstream).sum().backward()
 
     def loss(bn, x):
-        return (bn(x)[0] * jnp.asarray(upstream.numpy())).sum()
+        return (in_layout(bn, channels_last)(x)[0] * jnp.asarray(upstream.numpy())).sum()
 
     g_bn, g_x = eqx.filter_grad(lambda args: loss(*args))((bn, jnp.asarray(x.numpy())))
     for ours, theirs in [

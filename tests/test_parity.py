@@ -198,3 +198,42 @@ def test_float64_gradients_match_autograd(name, size, batch, seed, images):
         )
         ours = {k: np.asarray(v) for k, v in wc.named_arrays(grads).items()}
     assert_gradients_close(ours, reference, rtol=1e-9)  # the dtype check: really fp64
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    ("block", "inplanes", "planes", "stride"),
+    [("BasicBlock", 16, 32, 2), ("Bottleneck", 64, 16, 1), ("Bottleneck", 32, 16, 2)],
+)
+def test_blocks_match_torchvision_in_both_layouts(
+    block, inplanes, planes, stride, channels_last, images
+):
+    """A block called on its own (NCHW, as torchvision's) or as the ResNets call it (NHWC)
+    gives torchvision's train-mode output and running statistics."""
+    torch.manual_seed(0)
+    expansion = getattr(torchvision.models.resnet, block).expansion
+    downsample = torch.nn.Sequential(
+        torch.nn.Conv2d(inplanes, planes * expansion, 1, stride, bias=False),
+        torch.nn.BatchNorm2d(planes * expansion),
+    )
+    reference = getattr(torchvision.models.resnet, block)(inplanes, planes, stride, downsample)
+    randomize_batchnorm(reference, 0)
+    keys = iter(jax.random.split(jax.random.key(0), 16))
+    ours_downsample = (
+        zoo.layers.Conv2d(inplanes, planes * expansion, 1, stride, bias=False, key=next(keys)),
+        zoo.layers.BatchNorm2d(planes * expansion),
+    )
+    ours = getattr(zoo.models, block)(inplanes, planes, stride, ours_downsample, keys=keys)
+    ours, _ = wc.load_state_dict(ours, reference.state_dict())
+    x = images(4, inplanes, 9, 9)
+    ref = reference.train()(x)
+    xj = jnp.asarray(x.numpy())
+    if channels_last:
+        out, ours = ours(xj.transpose(0, 2, 3, 1), channels_last=True)
+        out = out.transpose(0, 3, 1, 2)
+    else:
+        out, ours = ours(xj)
+    assert max_abs_diff(out, ref) <= TOL
+    ref_state = reference.state_dict()
+    for key, value in wc.to_state_dict(ours).items():
+        assert max_abs_diff(value, ref_state[key]) <= TOL, key

@@ -52,15 +52,15 @@ def lowers_to_matmul(conv: "Conv2d", height: int, width: int) -> bool:
 def _conv_as_matmul(
     x: Array, weight: Array, stride: tuple[int, int], padding: tuple[int, int]
 ) -> Array:
-    """An ungrouped, undilated NCHW convolution as im2col + one `(B*H*W, C*kh*kw) @
-    (C*kh*kw, O)` matmul. Taps that only ever see padding are dropped, so a 3x3/pad-1
+    """An ungrouped, undilated NHWC convolution as im2col + one `(B*H*W, kh*kw*C) @
+    (kh*kw*C, O)` matmul. Taps that only ever see padding are dropped, so a 3x3/pad-1
     convolution on a 1x1 map is a plain matmul with the centre tap."""
-    batch, channels, height, width = x.shape
+    batch, height, width, channels = x.shape
     out_channels, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     out_h = _output_size(height, kh, sh, ph, 1)
     out_w = _output_size(width, kw, sw, pw, 1)
-    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     taps, columns = [], []
     for i in range(kh):
         rows = range(i, i + sh * (out_h - 1) + 1, sh)
@@ -74,25 +74,28 @@ def _conv_as_matmul(
             columns.append(
                 jax.lax.slice(
                     xp,
-                    (0, 0, i, j),
-                    (batch, channels, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1),
-                    (1, 1, sh, sw),
+                    (0, i, j, 0),
+                    (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, channels),
+                    (1, sh, sw, 1),
                 )
             )
-    # (B, C, taps, H', W') -> (B, H', W', C, taps): channel-major like the OIHW weight.
-    patches = jnp.stack(columns, axis=2).transpose(0, 3, 4, 1, 2)
-    patches = patches.reshape(batch * out_h * out_w, channels * len(taps))
-    kernel = jnp.stack([weight[:, :, i, j] for i, j in taps], axis=2)  # (O, C, taps)
-    out = patches @ kernel.reshape(out_channels, channels * len(taps)).T
-    return out.reshape(batch, out_h, out_w, out_channels).transpose(0, 3, 1, 2)
+    # (B, H', W', taps, C): tap-major rows, matching the (taps, C, O) kernel below; with
+    # one tap (1x1 kernels) this is a reshape, no copy.
+    patches = jnp.stack(columns, axis=3).reshape(batch * out_h * out_w, len(taps) * channels)
+    kernel = jnp.stack([weight[:, :, i, j].T for i, j in taps])  # (taps, C, O)
+    out = patches @ kernel.reshape(len(taps) * channels, out_channels)
+    return out.reshape(batch, out_h, out_w, out_channels)
 
 
 class Conv2d(eqx.Module):
-    """A batched NCHW convolution that mirrors `torch.nn.Conv2d`.
+    """A batched convolution that mirrors `torch.nn.Conv2d`.
 
     Padding is explicit and symmetric, exactly as torch applies it (never XLA's 'SAME',
     which pads asymmetrically on even kernels or strides), so outputs match torch at any
-    input size.
+    input size. Inputs are NCHW, as in torch; `conv(x, channels_last=True)` takes and
+    returns NHWC instead (torch's `channels_last` memory format as a logical layout), which
+    the zoo's models use inside, where XLA:CPU computes convolutions in NHWC anyway. The
+    weight stays `(out, in, kh, kw)` either way, so state_dicts do not change.
 
     **Arguments:**
 
@@ -144,13 +147,26 @@ class Conv2d(eqx.Module):
         self.bias = torch_default_uniform(bkey, (out_channels,), fan_in) if bias else None
 
     def __call__(
-        self, x: Float[Array, "batch in_channels height width"]
+        self, x: Float[Array, "batch in_channels height width"], *, channels_last: bool = False
     ) -> Float[Array, "batch out_channels out_height out_width"]:
+        """**Arguments:**
+
+        - `x`: an NCHW batch, or NHWC with `channels_last=True`.
+        - `channels_last`: the layout of `x` and of the result.
+
+        **Returns:** the convolution, in the layout of `x`.
+        """
         (ph, pw) = self.padding
         weight = self.weight.astype(x.dtype)
-        if lowers_to_matmul(self, x.shape[-2], x.shape[-1]):
-            y = _conv_as_matmul(x, weight, self.stride, self.padding)
+        height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+        if lowers_to_matmul(self, height, width):
+            if channels_last:
+                y = _conv_as_matmul(x, weight, self.stride, self.padding)
+            else:
+                nhwc = x.transpose(0, 2, 3, 1)
+                y = _conv_as_matmul(nhwc, weight, self.stride, self.padding).transpose(0, 3, 1, 2)
         else:
+            layout = "NHWC" if channels_last else "NCHW"
             y = jax.lax.conv_general_dilated(
                 x,
                 weight,
@@ -158,10 +174,11 @@ class Conv2d(eqx.Module):
                 padding=((ph, ph), (pw, pw)),
                 rhs_dilation=self.dilation,
                 feature_group_count=self.groups,
-                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                dimension_numbers=(layout, "OIHW", layout),
             )
         if self.bias is not None:
-            y = y + self.bias.astype(y.dtype)[None, :, None, None]
+            bias = self.bias.astype(y.dtype)
+            y = y + (bias if channels_last else bias[:, None, None])
         return y
 
 

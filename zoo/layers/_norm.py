@@ -1,5 +1,6 @@
 """BatchNorm with torch's exact semantics, its buffers held as fields named like torch's."""
 
+from collections.abc import Callable
 from typing import Self
 
 import equinox as eqx
@@ -8,7 +9,8 @@ from jaxtyping import Array, Float, Int
 
 
 class BatchNorm2d(eqx.Module):
-    """`torch.nn.BatchNorm2d` for NCHW batches, buffers included.
+    """`torch.nn.BatchNorm2d` for NCHW batches (NHWC with `channels_last=True`), buffers
+    included.
 
     Why not `equinox.nn.BatchNorm`: its `ema` mode is not torch's update, its `batch` mode
     debiases by a counter (which breaks on ported statistics), and it stores the biased
@@ -61,16 +63,26 @@ class BatchNorm2d(eqx.Module):
         self.num_batches_tracked = jnp.zeros((), jnp.int32)
 
     def __call__(
-        self, x: Float[Array, "batch channels height width"]
+        self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False
     ) -> tuple[Float[Array, "batch channels height width"], Self]:
+        """**Arguments:**
+
+        - `x`: an NCHW batch, or NHWC with `channels_last=True`.
+        - `channels_last`: the layout of `x` and of the result.
+
+        **Returns:** `(y, bn)`: the normalised batch in the layout of `x`, and the layer
+        with its updated buffers (itself in eval mode).
+        """
+        # Per-channel vectors broadcast against x through `expand`.
+        axes, expand = ((0, 1, 2), _last) if channels_last else ((0, 2, 3), _second)
         if self.inference:
-            return self._normalise(x, self.running_mean, self.running_var), self
+            return self._normalise(x, self.running_mean, self.running_var, expand), self
         # Statistics in at least fp32, as torch does for half inputs.
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
-        mean = jnp.mean(xs, axis=(0, 2, 3))
-        var = jnp.mean(jnp.square(xs - mean[None, :, None, None]), axis=(0, 2, 3))
-        count = x.size // x.shape[1]
+        mean = jnp.mean(xs, axis=axes)
+        var = jnp.mean(jnp.square(xs - expand(mean)), axis=axes)
+        count = x.size // mean.size
         if count < 2:
             raise ValueError(
                 "BatchNorm2d in train mode needs more than one value per channel "
@@ -90,13 +102,25 @@ class BatchNorm2d(eqx.Module):
                 num_batches.astype(self.num_batches_tracked.dtype),
             ),
         )
-        return self._normalise(xs, mean, var).astype(x.dtype), updated
+        return self._normalise(xs, mean, var, expand).astype(x.dtype), updated
 
-    def _normalise(self, x: Array, mean: Array, var: Array) -> Array:
+    def _normalise(
+        self, x: Array, mean: Array, var: Array, expand: Callable[[Array], Array]
+    ) -> Array:
         # Centre first, as torch does: folding the mean into a shift (x * scale + shift)
         # matches in the forward but makes the backward cancel large sums, which cost ~1e-2
         # relative error on gradients of layers whose mean is large against their spread.
         inv = 1.0 / jnp.sqrt(var + self.eps)
         scale = (self.weight * inv).astype(x.dtype)
-        centred = x - mean.astype(x.dtype)[None, :, None, None]
-        return centred * scale[None, :, None, None] + self.bias.astype(x.dtype)[None, :, None, None]
+        centred = x - expand(mean.astype(x.dtype))
+        return centred * expand(scale) + expand(self.bias.astype(x.dtype))
+
+
+def _second(v: Array) -> Array:
+    """A per-channel vector shaped to broadcast over NCHW."""
+    return v[None, :, None, None]
+
+
+def _last(v: Array) -> Array:
+    """A per-channel vector shaped to broadcast over NHWC (trailing axis: as it is)."""
+    return v

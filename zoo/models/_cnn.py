@@ -76,12 +76,14 @@ class SmallCNN(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "batch num_classes"], Self]:
         check_image_batch(x, self.in_chans, "SmallCNN")
-        x, bn1 = self.bn1(self.conv1(x))
-        x, bn2 = self.bn2(self.conv2(jax.nn.relu(x)))
-        x = self.pool(jax.nn.relu(x))
-        x, bn3 = self.bn3(self.conv3(x))
-        x = self.pool(jax.nn.relu(x))
-        x = self.avgpool(x).reshape(x.shape[0], -1)
+        nhwc = {"channels_last": True}  # NHWC inside, as in `ResNet`
+        x = x.transpose(0, 2, 3, 1)
+        x, bn1 = self.bn1(self.conv1(x, **nhwc), **nhwc)
+        x, bn2 = self.bn2(self.conv2(jax.nn.relu(x), **nhwc), **nhwc)
+        x = self.pool(jax.nn.relu(x), **nhwc)
+        x, bn3 = self.bn3(self.conv3(x, **nhwc), **nhwc)
+        x = self.pool(jax.nn.relu(x), **nhwc)
+        x = self.avgpool(x, **nhwc).reshape(x.shape[0], -1)
         logits = self.fc(self.dropout(x, key=key))
         return logits, eqx.tree_at(lambda m: (m.bn1, m.bn2, m.bn3), self, (bn1, bn2, bn3))
 
