@@ -73,20 +73,34 @@ class BatchNorm2d(eqx.Module):
         **Returns:** `(y, bn)`: the normalised batch in the layout of `x`, and the layer
         with its updated buffers (itself in eval mode).
         """
-        # Per-channel vectors broadcast against x through `expand`.
-        axes, expand = ((0, 1, 2), _last) if channels_last else ((0, 2, 3), _second)
+        if channels_last:
+            # As one (N*H*W, C) matrix: XLA:CPU reduces and broadcasts this 2-D view much
+            # faster than the 4-D batch (see `_channel_sums`).
+            y, updated = self._forward(x.reshape(-1, x.shape[-1]), _channel_sums, _last)
+            return y.reshape(x.shape), updated
+        return self._forward(x, _nchw_sums, _second)
+
+    def _forward(
+        self,
+        x: Array,
+        channel_sums: Callable[[Array], Array],
+        expand: Callable[[Array], Array],
+    ) -> tuple[Array, Self]:
+        """The layer on `x`, whose per-channel sums are `channel_sums(x)` and against which a
+        per-channel vector `v` broadcasts as `expand(v)`."""
         if self.inference:
             return self._normalise(x, self.running_mean, self.running_var, expand), self
         # Statistics in at least fp32, as torch does for half inputs.
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
-        mean = jnp.mean(xs, axis=axes)
-        var = jnp.mean(jnp.square(xs - expand(mean)), axis=axes)
-        count = x.size // mean.size
+        count = x.size // self.num_features
+        mean = channel_sums(xs) / count
+        var = channel_sums(jnp.square(xs - expand(mean))) / count
         if count < 2:
             raise ValueError(
-                "BatchNorm2d in train mode needs more than one value per channel "
-                f"(got input of shape {x.shape}); use a batch larger than 1 or eval mode."
+                "BatchNorm2d in train mode needs more than one value per channel (got "
+                f"{count} per channel, input of shape {x.shape}); use a batch larger than 1 or "
+                "eval mode."
             )
         num_batches = self.num_batches_tracked + 1
         factor = 1.0 / num_batches if self.momentum is None else self.momentum
@@ -116,11 +130,34 @@ class BatchNorm2d(eqx.Module):
         return centred * expand(scale) + expand(self.bias.astype(x.dtype))
 
 
+# Row width (elements) that `_channel_sums` folds an NHWC batch to.
+_FOLD_WIDTH = 1024
+
+
+def _channel_sums(x: Array) -> Array:
+    """Per-channel sums of an `(N*H*W, C)` matrix (an NHWC batch, flattened).
+
+    XLA:CPU reduces an NHWC batch over `(N, H, W)` slowly. On the flat matrix, with `k` rows
+    folded into one, `(N*H*W / k, k*C)` with `k*C <= 1024`, and the `k` partial rows summed
+    after, a ResNet18 train step is ~20% faster at 224x224 batch 32 and ~9% at 32x32 batch
+    128 (benchmarks/README.md). Only the summation order changes.
+    """
+    rows, channels = x.shape
+    k = 1
+    while rows % (2 * k) == 0 and 2 * k * channels <= _FOLD_WIDTH:
+        k *= 2
+    return x.reshape(rows // k, k * channels).sum(axis=0).reshape(k, channels).sum(axis=0)
+
+
+def _nchw_sums(x: Array) -> Array:
+    return jnp.sum(x, axis=(0, 2, 3))
+
+
 def _second(v: Array) -> Array:
     """A per-channel vector shaped to broadcast over NCHW."""
     return v[None, :, None, None]
 
 
 def _last(v: Array) -> Array:
-    """A per-channel vector shaped to broadcast over NHWC (trailing axis: as it is)."""
+    """A per-channel vector shaped to broadcast over NHWC or `(N*H*W, C)`: as it is."""
     return v
