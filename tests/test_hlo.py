@@ -5,7 +5,8 @@ form (`dim_labels=b01f_01io->b01f`). 3x3 convolutions on 2x2 and 1x1 maps (ResNe
 and layer4 at 32x32) get rewritten into other forms that run in a generic loop, 20-60x
 slower; `zoo.layers.Conv2d` computes those as a matmul instead. Under `zoo.jit` (every jitted
 entry point of the zoo) convolutions run on Eigen, not YNNPACK, and the max-pool gradient is
-slices and selects, not XLA:CPU's slow `select-and-scatter`.
+slices and selects, not XLA:CPU's slow `select-and-scatter`. `zoo.fusion_barrier` after every
+ResNet block keeps XLA:CPU from recomputing earlier blocks inside the backward's transposes.
 See benchmarks/README.md for the timings behind each.
 """
 
@@ -13,11 +14,13 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
 import zoo
 import zoo.layers._conv as conv_module
+import zoo.models._resnet as resnet_module
 
 FAST_FORM = "b01f_01io->b01f"
 
@@ -113,3 +116,67 @@ def test_zoo_jit_is_a_plain_jit_where_the_option_is_unknown(monkeypatch):
         assert not compile_module._cpu_options_apply()
     finally:
         compile_module._cpu_options_apply.cache_clear()
+
+
+def test_fusion_barrier_is_the_identity():
+    x = jnp.array([[1.5, -0.0, jnp.nan], [jnp.inf, -jnp.inf, 3e-39]])
+    for fn in (zoo.fusion_barrier, jax.jit(zoo.fusion_barrier)):
+        np.testing.assert_array_equal(
+            np.asarray(fn(x)).view(np.uint32), np.asarray(x).view(np.uint32)
+        )
+    ints, empty = jnp.arange(6).reshape(2, 3), jnp.zeros((0, 3))
+    np.testing.assert_array_equal(jax.jit(zoo.fusion_barrier)(ints), ints)
+    assert jax.jit(zoo.fusion_barrier)(empty).shape == (0, 3)
+
+    y = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(zoo.fusion_barrier(v)) * v)))(y)
+    np.testing.assert_allclose(grad, jnp.cos(y) * y + jnp.sin(y), rtol=1e-6)
+    _, tangent = jax.jvp(lambda v: zoo.fusion_barrier(v) ** 2, (y,), (jnp.ones_like(y),))
+    np.testing.assert_allclose(tangent, 2 * y, rtol=1e-6)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(zoo.fusion_barrier))(y), y)
+
+
+def conditionals(hlo: str) -> int:
+    return len(re.findall(r" conditional\(", hlo))
+
+
+def test_fusion_barrier_is_compiled_on_cpu_only():
+    """On the CPU the barrier is a conditional in the compiled HLO (one per ResNet block in the
+    forward, one more for its gradient); lowered for a GPU it is the identity."""
+    double = jax.jit(lambda v: zoo.fusion_barrier(jnp.sin(v)) * 2)
+    x = jnp.ones((4, 4))
+    assert conditionals(double.lower(x).compile().as_text()) == 1
+    # Lowering for another platform needs no such device; the conditional's predicate is
+    # the only comparison in this function.
+    assert "stablehlo.compare" in double.trace(x).lower(lowering_platforms=("cpu",)).as_text()
+    assert "stablehlo.compare" not in double.trace(x).lower(lowering_platforms=("cuda",)).as_text()
+
+    hlo = resnet18_hlo(64)
+    assert conditionals(hlo["eval"]) == 8
+    assert conditionals(hlo["train"]) == 16
+
+
+def transposes_reading_convolutions(hlo: str) -> list[int]:
+    """For each transpose fusion of a 4-D activation in compiled HLO text: how many
+    convolution (or YNNPACK dot) results it reads, i.e. how many convolutions' BatchNorms
+    it recomputes."""
+    transpose = re.compile(
+        r"\s*%transpose\S*fusion\S* = f32\[\d+,\d+,\d+,\d+\]\S* fusion\((.*?)\), kind"
+    )
+    counts = []
+    for line in hlo.splitlines():
+        if match := transpose.match(line):
+            counts.append(len(re.findall(r"%(?:convolution|ynn_fusion)[.\d]*", match.group(1))))
+    return counts
+
+
+def test_weight_gradient_transposes_do_not_recompute_earlier_blocks(monkeypatch):
+    """The transposes feeding the train step's weight gradients recompute at most one
+    block's two branches (the residual's BatchNorm and the shortcut's). Without the barrier,
+    XLA:CPU fuses earlier blocks into them too, which made single transposes cost up to
+    200 ms at 224x224 batch 32 (benchmarks/README.md)."""
+    reads = transposes_reading_convolutions(resnet18_hlo(224)["train"])
+    assert reads and max(reads) <= 2, reads
+    # The detector can fail: without the barrier it does.
+    monkeypatch.setattr(resnet_module, "fusion_barrier", lambda x: x)
+    assert max(transposes_reading_convolutions(resnet18_hlo(224)["train"])) > 2

@@ -1,7 +1,11 @@
 """The zoo: torchvision's models in Equinox, with a jitted JAX face and a torch face."""
 
 from . import adapters as adapters, layers as layers, models as models
-from ._compile import CPU_COMPILER_OPTIONS as CPU_COMPILER_OPTIONS, jit as jit
+from ._compile import (
+    CPU_COMPILER_OPTIONS as CPU_COMPILER_OPTIONS,
+    fusion_barrier as fusion_barrier,
+    jit as jit,
+)
 from ._functional import (
     cross_entropy as cross_entropy,
     forward as forward,

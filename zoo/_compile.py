@@ -1,10 +1,12 @@
-"""`zoo.jit`: `jax.jit` with the XLA options under which the zoo's models run fastest."""
+"""`zoo.jit`: `jax.jit` with the XLA options under which the zoo's models run fastest, and
+`zoo.fusion_barrier`, which keeps XLA:CPU from re-fusing a value's producers into its users."""
 
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default; for ResNet's 3x3
 # convolutions its own Eigen kernels are 1.3-2x faster (forward and both gradients; see
@@ -74,4 +76,43 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Any:
     return call
 
 
-__all__ = ["CPU_COMPILER_OPTIONS", "jit"]
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _cpu_fusion_barrier(x: jax.Array) -> jax.Array:
+    if x.size == 0:
+        return x
+    # XLA's fusion passes never cross a conditional's boundary. Both branches return `x`,
+    # so the predicate (which the compiler cannot evaluate) does not change the result; the
+    # copy keeps JAX from forwarding `x` around a conditional whose branches both forward it.
+    first = x.reshape(-1)[0]
+    return jax.lax.cond(first == first, _identity, jnp.copy, x)
+
+
+def fusion_barrier(x: jax.Array) -> jax.Array:
+    """Return `x` unchanged, computed once: XLA:CPU may not recompute its producers inside
+    the operations that use it.
+
+    Why: XLA fuses cheap elementwise producers (BatchNorm, ReLU, residual adds) into every
+    consumer, duplicating them. In a ResNet's backward pass the consumers include the
+    transposes that feed each weight gradient; XLA:CPU emits those as plain loops, and with
+    a whole residual chain recomputed in them they cost up to 200 ms each. Materialising
+    each block's output takes a ResNet18 train step at 224x224 batch 32 from 2.84 to 2.58 s
+    (benchmarks/README.md). `jax.lax.optimization_barrier` does not help here: XLA:CPU
+    removes it before fusion.
+
+    The value, its gradient and forward-mode derivatives are those of the identity. Off the
+    CPU this is the identity (no conditional is compiled); under `jax.vmap` with a batched
+    `x` it becomes a `select` of `x` with itself, and the barrier is lost, not the result.
+
+    **Arguments:**
+
+    - `x`: any array.
+
+    **Returns:** `x`.
+    """
+    return jax.lax.platform_dependent(x, cpu=_cpu_fusion_barrier, default=_identity)
+
+
+__all__ = ["CPU_COMPILER_OPTIONS", "fusion_barrier", "jit"]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._compile import fusion_barrier
 from ..layers import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -177,6 +178,9 @@ def _run_layer(x: Array, layer: tuple[Block, ...]) -> tuple[Array, tuple[Block, 
     new_blocks = []
     for block in layer:
         x, block = block(x, channels_last=True)
+        # Without it XLA:CPU recomputes the residual chain of earlier blocks inside the
+        # backward's transposes (see `zoo.fusion_barrier`).
+        x = fusion_barrier(x)
         new_blocks.append(block)
     return x, tuple(new_blocks)
 
