@@ -98,7 +98,7 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
     consumer, duplicating them. In a ResNet's backward pass the consumers include the
     transposes that feed each weight gradient; XLA:CPU emits those as plain loops, and with
     a whole residual chain recomputed in them they cost up to 200 ms each. Materialising
-    each block's output takes a ResNet18 train step at 224x224 batch 32 from 2.84 to 2.58 s
+    each block's output takes a ResNet18 train step at 224x224 batch 32 from ~2.8 to ~2.5 s
     (benchmarks/README.md). `jax.lax.optimization_barrier` does not help here: XLA:CPU
     removes it before fusion.
 
