@@ -104,7 +104,7 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
 
     The value, its gradient and forward-mode derivatives are those of the identity. Off the
     CPU this is the identity (no conditional is compiled); under `jax.vmap` with a batched
-    `x` it becomes a `select` of `x` with itself, and the barrier is lost, not the result.
+    `x` it becomes a `select` of `x` and its copy: the barrier may be lost, never the result.
 
     **Arguments:**
 
