@@ -182,6 +182,21 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def in_layout(layer, channels_last: bool):
+    """`layer` as a function of NCHW arrays. With `channels_last` it runs in NHWC inside: its
+    input is transposed to NHWC and its output (the first element of a tuple) back."""
+    if not channels_last:
+        return layer
+
+    def call(x):
+        out = layer(x.transpose(0, 2, 3, 1), channels_last=True)
+        if isinstance(out, tuple):
+            return (out[0].transpose(0, 3, 1, 2), *out[1:])
+        return out.transpose(0, 3, 1, 2)
+
+    return call
+
+
 def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(to_numpy(a) - to_numpy(b))))
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import max_abs_diff
+from conftest import in_layout, max_abs_diff
 
 import weights_convert as wc
 from zoo import eval_mode, layers
@@ -15,21 +15,6 @@ from zoo.layers import lowers_to_matmul
 TOL = 1e-5
 # Every layer that the models run in NHWC is checked in both layouts.
 LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-
-
-def in_layout(layer, channels_last: bool):
-    """`layer` as a function of NCHW arrays. With `channels_last` it runs in NHWC inside: its
-    input is transposed to NHWC and its output (the first element of a tuple) back."""
-    if not channels_last:
-        return layer
-
-    def call(x):
-        out = layer(x.transpose(0, 2, 3, 1), channels_last=True)
-        if isinstance(out, tuple):
-            return (out[0].transpose(0, 3, 1, 2), *out[1:])
-        return out.transpose(0, 3, 1, 2)
-
-    return call
 
 
 @pytest.mark.parametrize(

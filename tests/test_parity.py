@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import assert_far_from_kinks, max_abs_diff, randomize_batchnorm, to_float64
+from conftest import (
+    assert_far_from_kinks,
+    in_layout,
+    max_abs_diff,
+    randomize_batchnorm,
+    to_float64,
+)
 
 import weights_convert as wc
 import zoo
@@ -227,12 +233,7 @@ def test_blocks_match_torchvision_in_both_layouts(
     ours, _ = wc.load_state_dict(ours, reference.state_dict())
     x = images(4, inplanes, 9, 9)
     ref = reference.train()(x)
-    xj = jnp.asarray(x.numpy())
-    if channels_last:
-        out, ours = ours(xj.transpose(0, 2, 3, 1), channels_last=True)
-        out = out.transpose(0, 3, 1, 2)
-    else:
-        out, ours = ours(xj)
+    out, ours = in_layout(ours, channels_last)(jnp.asarray(x.numpy()))
     assert max_abs_diff(out, ref) <= TOL
     ref_state = reference.state_dict()
     for key, value in wc.to_state_dict(ours).items():

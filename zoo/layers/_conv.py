@@ -25,6 +25,10 @@ def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: in
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _height_width(x: Array, channels_last: bool) -> tuple[int, int]:
+    return (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+
+
 def lowers_to_matmul(conv: "Conv2d", height: int, width: int) -> bool:
     """Whether `conv` on a `height x width` input is computed as one matmul (im2col) instead
     of XLA's convolution.
@@ -158,7 +162,7 @@ class Conv2d(eqx.Module):
         """
         (ph, pw) = self.padding
         weight = self.weight.astype(x.dtype)
-        height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+        height, width = _height_width(x, channels_last)
         if lowers_to_matmul(self, height, width):
             if channels_last:
                 y = _conv_as_matmul(x, weight, self.stride, self.padding)

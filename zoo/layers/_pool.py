@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._conv import _output_size, _pair
+from ._conv import _height_width, _output_size, _pair
 
 
 def _spatial_pad(pad_h: tuple[int, int], pad_w: tuple[int, int], channels_last: bool):
@@ -42,10 +42,6 @@ def _tap(phases: Array, i: int, j: int, stride, out_hw, channels_last) -> Array:
     if channels_last:
         return phases[:, rows, i % sh, cols, j % sw, :]
     return phases[:, :, rows, i % sh, cols, j % sw]
-
-
-def _height_width(x: Array, channels_last: bool) -> tuple[int, int]:
-    return (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
