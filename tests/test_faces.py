@@ -241,6 +241,30 @@ def test_jax_face_sgd_steps_match_torch(reference, images, seeds):
         assert max_abs_diff(ours[k], v) <= 1e-4, k
 
 
+def test_bfloat16_batch_trains_float32_weights_with_a_float32_loss(images):
+    """Mixed precision as under `torch.autocast`: a bf16 batch runs the convolutions in bf16,
+    while the weights, BatchNorm statistics, loss and updates stay float32."""
+    model = zoo.train_mode(zoo.load("cnn").model)
+    x, labels = jnp.asarray(images(8, 3, 32, 32).numpy()), jnp.arange(8) % 10
+    key = jax.random.key(0)
+    logits, _ = model(x.astype(jnp.bfloat16), key=key)
+    assert logits.dtype == jnp.bfloat16
+    loss = zoo.cross_entropy(logits, labels)
+    assert loss.dtype == jnp.float32
+    assert loss == zoo.cross_entropy(logits.astype(jnp.float32), labels)
+    full_logits, _ = model(x, key=key)
+    assert max_abs_diff(logits, full_logits) <= 0.05 * float(jnp.abs(full_logits).max())
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    step = zoo.make_train_step(optimizer, donate=False)
+    opt_state = optimizer.init(zoo.trainable(model))
+    new, _, loss_bf16, _ = step(model, opt_state, x.astype(jnp.bfloat16), labels, key)
+    _, _, loss_fp32, _ = step(model, opt_state, x, labels, key)
+    assert loss_bf16.dtype == jnp.float32 and abs(float(loss_bf16 - loss_fp32)) <= 0.05
+    pairs = zip(jax.tree.leaves(new), jax.tree.leaves(model), strict=True)
+    assert all(a.dtype == b.dtype for a, b in pairs)
+    assert not bool(jnp.array_equal(new.conv1.weight, model.conv1.weight))
+
+
 def test_jax_face_data_parallel_sharding_equals_single_device(images):
     devices = jax.devices()
     assert len(devices) >= 2, "tests/conftest.py forces two host devices"

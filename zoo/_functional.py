@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
@@ -23,7 +24,13 @@ LossFn = Callable[[Array, Array], Array]
 def cross_entropy(
     logits: Float[Array, "batch classes"], labels: Int[Array, " batch"]
 ) -> Float[Array, ""]:
-    """Mean softmax cross-entropy over integer labels (`torch.nn.functional.cross_entropy`)."""
+    """Mean softmax cross-entropy over integer labels (`torch.nn.functional.cross_entropy`).
+
+    Computed in at least float32, as under `torch.autocast`: bfloat16/float16 logits (a model
+    run on a half-precision batch) are upcast first, so the loss and its gradient keep
+    float32's precision.
+    """
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
