@@ -16,9 +16,12 @@ def available_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment for a worker: the same intra-op thread count for torch and XLA."""
+def thread_env(threads: int, device: str = "cpu") -> dict[str, str]:
+    """Environment for a worker: the same intra-op thread count for torch and XLA, and JAX kept
+    on the CPU unless the worker is to run on the GPU (`device="cuda"`)."""
     env = dict(os.environ)
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
     env[THREADS_ENV] = str(threads)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     # XLA:CPU has no intra-op thread-count flag; the worker pins its CPU affinity instead, and a

@@ -1,7 +1,15 @@
 """Worker: images/s of one model under one framework, for a list of cases, in its own process.
 
-`python -m benchmarks._throughput --model resnet18 --frameworks jax --cases '[...]'`; prints
-one `BENCH_RESULT` JSON line (a list of rows). Several frameworks run one after the other.
+`python -m benchmarks._throughput --model resnet18 --frameworks jax --device cpu --cases
+'[...]'`; prints one `BENCH_RESULT` JSON line (a list of rows). Several frameworks run one
+after the other.
+
+A case's `dtype` is `fp32` or `bf16`. bf16 is mixed precision on both sides, the way each
+framework's users run it: torch under `torch.autocast(device, torch.bfloat16)` (bf16
+convolutions and matmuls, float32 weights, BatchNorm and loss), the JAX models on a bf16
+batch (the zoo's layers cast their float32 weights to the batch's dtype and keep BatchNorm's
+statistics and the loss in float32). The torch face gets the bf16 batch too, since autocast
+cannot reach its JAX computation.
 """
 
 from benchmarks._common import pin_threads
@@ -9,6 +17,7 @@ from benchmarks._common import pin_threads
 THREADS = pin_threads()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -42,20 +51,34 @@ def _torch_model(model: str) -> torch.nn.Module:
     return zoo.models.SmallCNNTorch(num_classes=NUM_CLASSES)
 
 
-def _torch_steps(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
-    """(eval forward, train step) closures for a torch module (plain, compiled or JAX-backed)."""
+def _torch_steps(
+    module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, autocast: bool
+) -> tuple[Step, Step]:
+    """(eval forward, train step) closures for a torch module (plain, compiled or JAX-backed).
+    Each call returns when its work is done (on a GPU: after `torch.cuda.synchronize`, which
+    waits for every stream of the device, JAX's included)."""
+
+    def precision() -> contextlib.AbstractContextManager:
+        if autocast:
+            return torch.autocast(device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def forward() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), precision():
             module(x)
+        sync()
 
     opt = torch.optim.SGD(module.parameters(), lr=LR, momentum=MOMENTUM)
 
     def train() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(module(x), y)
+        with precision():
+            loss = torch.nn.functional.cross_entropy(module(x), y)
         loss.backward()
         opt.step()
+        sync()
 
     return forward, train
 
@@ -63,12 +86,20 @@ def _torch_steps(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 class Runner:
     """Builds the (eval, train) step for one case under one framework."""
 
-    def __init__(self, model: str, framework: str):
-        self.model, self.framework = model, framework
+    def __init__(self, model: str, framework: str, device: str):
+        self.model, self.framework, self.device = model, framework, device
         self.compiled: dict[str, Any] = {}
         if framework == "jax":
+            import jax
+
             import zoo
 
+            backend = jax.default_backend()
+            if (device == "cuda") != (backend == "gpu"):
+                raise RuntimeError(
+                    f"asked for {device} but JAX's default backend is {backend}: install "
+                    "JAX for the GPU (`pip install -e '.[cuda]'`) or pass --device cpu"
+                )
             build = zoo.models.resnet18 if model == "resnet18" else zoo.models.SmallCNN
             self.eqx_model = build(num_classes=NUM_CLASSES)
         elif framework == "torch_face":
@@ -81,25 +112,30 @@ class Runner:
             self.module = _torch_model(model)
             if framework == "channels_last":
                 self.module = self.module.to(memory_format=torch.channels_last)
+        if framework != "jax":
+            self.module = self.module.to(device)
 
-    def step(self, mode: str, batch: int, size: int) -> Step:
+    def step(self, mode: str, batch: int, size: int, dtype: str = "fp32") -> Step:
         x_np, y_np = _data(batch, size)
         if self.framework == "jax":
-            return self._jax_step(mode, x_np, y_np)
-        x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+            return self._jax_step(mode, x_np, y_np, dtype)
+        x, y = torch.from_numpy(x_np).to(self.device), torch.from_numpy(y_np).to(self.device)
         module = self.module.train(mode == "train")
         if self.framework == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
+        autocast = dtype == "bf16"
+        if autocast and self.framework == "torch_face":
+            x, autocast = x.to(torch.bfloat16), False  # autocast cannot reach JAX's compute
         if self.framework == "compile":
             # One compiled module per mode, dynamic shapes: compiling every shape of the suite
             # statically would take longer than the whole benchmark budget on 2 cores.
             if mode not in self.compiled:
                 self.compiled[mode] = torch.compile(module, dynamic=True)
             module = self.compiled[mode]
-        forward, train = _torch_steps(module, x, y)
+        forward, train = _torch_steps(module, x, y, self.device, autocast)
         return forward if mode == "eval" else train
 
-    def _jax_step(self, mode: str, x_np: np.ndarray, y_np: np.ndarray) -> Step:
+    def _jax_step(self, mode: str, x_np: np.ndarray, y_np: np.ndarray, dtype: str) -> Step:
         import jax
         import jax.numpy as jnp
         import optax
@@ -107,6 +143,8 @@ class Runner:
         import zoo
 
         x, y = jnp.asarray(x_np), jnp.asarray(y_np, dtype=jnp.int32)
+        if dtype == "bf16":
+            x = x.astype(jnp.bfloat16)
         if mode == "eval":
             model = zoo.eval_mode(self.eqx_model)
             forward = zoo.jit(zoo.forward)
@@ -135,7 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True, choices=sorted(REGISTRY_NAME))
     parser.add_argument("--frameworks", required=True, help="comma-separated, run in order")
-    parser.add_argument("--cases", required=True, help="JSON list of {mode, batch, size}")
+    parser.add_argument("--cases", required=True, help="JSON list of {mode, batch, size, dtype}")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-runs", type=int, default=10)
     parser.add_argument("--max-runs", type=int, default=50)
@@ -152,9 +191,9 @@ def main() -> None:
 def run_framework(
     args: argparse.Namespace, framework: str, cases: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    base = {"model": args.model, "framework": framework, "threads": THREADS}
+    base = {"model": args.model, "framework": framework, "threads": THREADS, "device": args.device}
     try:
-        runner = Runner(args.model, framework)
+        runner = Runner(args.model, framework, args.device)
     except NotAvailable as e:
         return [{**base, **c, "status": "n/a", "reason": str(e)} for c in cases]
     except Exception as e:
@@ -163,7 +202,7 @@ def run_framework(
     for case in cases:
         row = {**base, **case}
         try:
-            fn = runner.step(case["mode"], case["batch"], case["size"])
+            fn = runner.step(case["mode"], case["batch"], case["size"], case.get("dtype", "fp32"))
             t = time.perf_counter()
             fn()  # the first call: tracing and compilation (JAX, torch.compile) plus one run
             row["first_call_s"] = time.perf_counter() - t

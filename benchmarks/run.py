@@ -1,11 +1,17 @@
 """Run the zoo's benchmarks and write `results.md`, `results.json` and `results.png`.
 
     python -m benchmarks.run [--quick] [--out artifacts/benchmarks] [--threads N]
+                             [--device auto|cpu|cuda] [--dtypes fp32,bf16]
 
 Every (model, framework) pair, the conversion benchmark, each compile-cache process and each
 Lightning-epoch run (`benchmarks/lightning_epoch.py`) run in their own subprocess, so thread
 pools, allocators and compile caches are never shared (`--quick` runs all frameworks of a
 model in one process, to save imports).
+
+On a machine where torch sees a CUDA GPU (`--device auto`, the default) the throughput tables
+run there, in fp32 and bf16 (mixed precision: see `benchmarks/_throughput.py`); JAX must then
+have its GPU backend too (`pip install -e ".[cuda]"`). The conversion, compile-cache,
+torch-face-overhead and Lightning sections always run on the CPU.
 """
 
 import argparse
@@ -36,31 +42,64 @@ FRAMEWORKS = {
 MODELS = {"resnet18": "ResNet18", "small_cnn": "SmallCNN"}
 
 
-def _case(mode: str, batch: int, size: int) -> dict[str, Any]:
-    return {"mode": mode, "batch": batch, "size": size}
+DTYPES = ("fp32", "bf16")
 
 
-def cases(model: str, quick: bool) -> list[dict[str, Any]]:
-    if quick:  # ResNet18's train step alone compiles for ~10 s: only the CNN trains
-        return [_case("eval", 2, 32)] + [_case("train", 2, 32)] * (model == "small_cnn")
-    big = 224 if model == "resnet18" else 32  # the CNN is a 32x32 model
-    return [
-        *(_case("eval", b, big) for b in (1, 8, 32)),
-        _case("eval", 128, 32),
-        _case("train", 32, big),
-        _case("train", 128, 32),
-    ]
+def _case(mode: str, batch: int, size: int, dtype: str) -> dict[str, Any]:
+    return {"mode": mode, "batch": batch, "size": size, "dtype": dtype}
+
+
+def cases(model: str, quick: bool, dtypes: list[str] | None = None) -> list[dict[str, Any]]:
+    out = []
+    for dtype in dtypes or ["fp32"]:
+        if quick:  # ResNet18's train step alone compiles for ~10 s: only the CNN trains
+            out += [_case("eval", 2, 32, dtype)]
+            out += [_case("train", 2, 32, dtype)] * (model == "small_cnn")
+            continue
+        big = 224 if model == "resnet18" else 32  # the CNN is a 32x32 model
+        out += [
+            *(_case("eval", b, big, dtype) for b in (1, 8, 32)),
+            _case("eval", 128, 32, dtype),
+            _case("train", 32, big, dtype),
+            _case("train", 128, 32, dtype),
+        ]
+    return out
 
 
 def case_label(row: dict[str, Any]) -> str:
-    return f"{row['mode']} b{row['batch']} {row['size']}x{row['size']}"
+    dtype = row.get("dtype", "fp32")
+    return f"{row['mode']} b{row['batch']} {row['size']}x{row['size']}" + (
+        f" {dtype}" if dtype != "fp32" else ""
+    )
+
+
+def resolve_device(device: str) -> str:
+    """`auto`: `cuda` where torch sees a CUDA GPU, else `cpu`."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(device: str) -> str:
+    if device != "cuda":
+        return "CPU"
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 def run_worker(
-    module: str, args: list[str], threads: int, timeout: float, env_extra: dict | None = None
+    module: str,
+    args: list[str],
+    threads: int,
+    timeout: float,
+    env_extra: dict | None = None,
+    device: str = "cpu",
 ) -> tuple[Any, str]:
     """Run `python -m module args` and return (its BENCH_RESULT, or None; an error text)."""
-    env = {**thread_env(threads), **(env_extra or {})}
+    env = {**thread_env(threads, device), **(env_extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["BENCH_T0"] = repr(time.time())
     try:
@@ -83,7 +122,7 @@ def run_worker(
 
 def throughput(model: str, frameworks: list[str], opts: argparse.Namespace) -> list[dict]:
     """Rows for `model` under `frameworks`, all run in one worker process."""
-    model_cases = cases(model, opts.quick)
+    model_cases = cases(model, opts.quick, opts.dtypes)
     rows: list[dict[str, Any]] = []
     if "compile" in frameworks and opts.quick:
         frameworks = [fw for fw in frameworks if fw != "compile"]
@@ -97,9 +136,11 @@ def throughput(model: str, frameworks: list[str], opts: argparse.Namespace) -> l
         if opts.quick
         else ["--warmup", "1", "--min-runs", "10", "--max-runs", "50", "--min-time", "2"]
     )
-    args = ["--model", model, "--frameworks", ",".join(frameworks)]
+    args = ["--model", model, "--frameworks", ",".join(frameworks), "--device", opts.device]
     args += ["--cases", json.dumps(model_cases), *reps]
-    result, error = run_worker("benchmarks._throughput", args, opts.threads, opts.timeout)
+    result, error = run_worker(
+        "benchmarks._throughput", args, opts.threads, opts.timeout, device=opts.device
+    )
     if result is not None:
         return rows + result
     for fw in frameworks:
@@ -173,7 +214,9 @@ def metadata(opts: argparse.Namespace, elapsed: float) -> dict[str, Any]:
             f"{opts.threads} CPU(s) with sched_setaffinity (XLA:CPU sizes its pool to them)"
         ),
         "quick": opts.quick,
-        "dtype": "float32",
+        "device": opts.device,
+        "device_name": device_name(opts.device),
+        "dtypes": opts.dtypes,
         "elapsed_s": elapsed,
     }
 
@@ -206,7 +249,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Date: {meta['date']}; machine: {meta['machine']}; Python {meta['python']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- Threads: {meta['threads']} for both frameworks: {meta['thread_settings']}",
-        f"- fp32, random weights and inputs; suite took {meta['elapsed_s']:.0f} s",
+        f"- Throughput on {meta['device_name']} ({meta['device']}), "
+        f"{' and '.join(meta['dtypes'])}"
+        + (" (bf16: mixed precision, torch.autocast vs a bf16 batch)" * ("bf16" in meta["dtypes"]))
+        + f"; random weights and inputs; suite took {meta['elapsed_s']:.0f} s",
         "",
         "## Throughput (images/s)",
         "",
@@ -342,7 +388,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")  # ratios span 0.05x to 100x
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("images/s relative to torch eager")
-        ax.set_title(f"{title}, fp32, {results['meta']['threads']} threads (missing bar = not run)")
+        meta = results["meta"]
+        ax.set_title(
+            f"{title}, {'+'.join(meta['dtypes'])} on {meta['device']}, {meta['threads']} threads "
+            "(missing bar = not run)"
+        )
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -356,7 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=len(available_cpus()))
     parser.add_argument("--jobs", type=int, help="workers at once (default: 1, --quick: 2)")
     parser.add_argument("--timeout", type=float, help="seconds per worker (600, --quick 120)")
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="for the throughput"
+    )
+    parser.add_argument("--dtypes", help="comma-separated: fp32, bf16 (default: fp32; GPU: both)")
     opts = parser.parse_args(argv)
+    opts.device = resolve_device(opts.device)
+    opts.dtypes = (
+        opts.dtypes.split(",")
+        if opts.dtypes
+        else (list(DTYPES) if opts.device == "cuda" else ["fp32"])
+    )
+    if unknown := set(opts.dtypes) - set(DTYPES):
+        parser.error(f"unknown --dtypes {sorted(unknown)}; choose from {', '.join(DTYPES)}")
     opts.jobs = opts.jobs or (2 if opts.quick else 1)
     opts.timeout = opts.timeout or (120.0 if opts.quick else 600.0)
     start = time.time()

@@ -2,8 +2,10 @@
 numbers for every expected row (the Lightning-epoch rows included). No timing threshold is
 asserted."""
 
+import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_quick_benchmarks(tmp_path: Path) -> None:
+    command = ["benchmarks.run", "--quick", "--dtypes=fp32,bf16", f"--out={tmp_path}"]
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", *command],
         cwd=ROOT,
         check=True,
         timeout=300,
@@ -25,18 +28,20 @@ def test_quick_benchmarks(tmp_path: Path) -> None:
     for name in ("results.md", "results.json", "results.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["meta"]["quick"] and results["meta"]["threads"] > 0
+    meta = results["meta"]
+    assert meta["quick"] and meta["threads"] > 0
+    assert meta["device"] == "cpu" and meta["dtypes"] == ["fp32", "bf16"]
 
-    rows = {(r["model"], r["framework"], r["mode"]): r for r in results["throughput"]}
+    rows = {(r["model"], r["framework"], r["mode"], r["dtype"]): r for r in results["throughput"]}
     expected = [("resnet18", "eval"), ("small_cnn", "eval"), ("small_cnn", "train")]
-    for model, mode in expected:
-        for framework in ("jax", "eager", "channels_last"):
-            row = rows[model, framework, mode]
+    for (model, mode), dtype in itertools.product(expected, ("fp32", "bf16")):
+        for framework in ("jax", "torch_face", "eager", "channels_last"):
+            row = rows[model, framework, mode, dtype]
             assert row["status"] == "ok", row
             assert row["images_per_s"] > 0 and row["first_call_s"] > 0 and row["runs"] >= 3
             assert row["ratio_vs_eager"] > 0
-        assert rows[model, "compile", mode]["status"] == "skipped"
-        assert rows[model, "torch_face", mode]["status"] in ("ok", "n/a")
+        assert rows[model, "compile", mode, dtype]["status"] == "skipped"
+    assert len(results["throughput"]) == len(rows) == 2 * 3 * 5
 
     cache = results["compile_cache"]
     assert len(cache) == 2 and all(r["to_first_logits_s"] > 0 for r in cache)
@@ -65,6 +70,7 @@ def test_quick_benchmarks(tmp_path: Path) -> None:
     assert lightning["cnn", "plain"]["ratio_vs_plain"] == 1.0
     report = (tmp_path / "results.md").read_text()
     assert "ResNet18" in report and "One Lightning training epoch" in report
+    assert "| train b2 32x32 bf16 |" in report and "fp32 and bf16" in report
     assert "Torch-face overhead" in report
 
 
@@ -82,3 +88,20 @@ def test_profile_step_names_the_xla_ops(tmp_path: Path) -> None:
     rows = [line.split("|")[1:3] for line in result.stdout.splitlines() if "_fusion |" in line]
     assert rows and all(float(ms) >= 0 for _, ms in rows), result.stdout
     assert "(unnamed: convolutions, waits)" in result.stdout
+
+
+def test_throughput_worker_refuses_a_gpu_run_on_a_cpu_only_jax() -> None:
+    """`--device cuda` with JAX on the CPU must fail with the install hint, not run on the CPU
+    and report CPU numbers as GPU ones."""
+    code = (
+        "import jax; from benchmarks._throughput import Runner\n"
+        "assert jax.default_backend() == 'cpu'\n"
+        "try:\n    Runner('small_cnn', 'jax', 'cuda')\n"
+        "except RuntimeError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    assert "asked for cuda but JAX's default backend is cpu" in out
+    assert "pip install -e '.[cuda]'" in out
