@@ -203,6 +203,28 @@ def test_adaptive_avg_pool_matches_torch(channels_last, images):
     assert max_abs_diff(out, torch.nn.AdaptiveAvgPool2d((1, 1))(x)) <= TOL
 
 
+def test_relu_matches_torch_values_and_derivatives():
+    x = np.array([-2.0, -0.0, 0.0, 1e-30, 3.0, np.nan, -np.inf, np.inf], np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.arange(1.0, 9.0))
+    y, vjp = jax.vjp(layers.relu, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), torch.relu(xt).detach().numpy())
+    (grad,) = vjp(jnp.arange(1.0, 9.0))
+    np.testing.assert_array_equal(np.asarray(grad), xt.grad.numpy())  # 0 at 0, 1 at NaN
+    _, tangent = jax.jvp(layers.relu, (jnp.asarray(x),), (jnp.arange(1.0, 9.0),))
+    np.testing.assert_array_equal(np.asarray(tangent), xt.grad.numpy())
+    # An infinite or NaN cotangent stays out of the positions the ReLU cut.
+    (grad,) = vjp(jnp.full(8, jnp.inf))
+    np.testing.assert_array_equal(np.asarray(grad), np.where(x <= 0, 0.0, np.inf))
+    assert jax.grad(layers.relu)(2.0) == 1.0 and jax.grad(layers.relu)(0.0) == 0.0
+    # What jax.vjp saves: the mask, never an array of zeros (jax.nn.relu saves both).
+    residuals = [a for a in jax.tree.leaves(vjp) if getattr(a, "size", 0) == x.size]
+    assert [a.dtype for a in residuals] == [jnp.bool_]
+    _, nn_vjp = jax.vjp(jax.nn.relu, jnp.asarray(x))
+    nn_residuals = [a for a in jax.tree.leaves(nn_vjp) if getattr(a, "size", 0) == x.size]
+    assert sorted(str(a.dtype) for a in nn_residuals) == ["bool", "float32"]
+
+
 def test_linear_matches_torch(images):
     torch_fc = torch.nn.Linear(7, 5)
     fc, _ = wc.load_state_dict(layers.Linear(7, 5, key=jax.random.key(0)), torch_fc.state_dict())

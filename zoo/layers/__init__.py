@@ -1,5 +1,6 @@
 """Layers whose numerics and parameter names follow `torch.nn`."""
 
+from ._activation import relu as relu
 from ._conv import Conv2d as Conv2d, lowers_to_matmul as lowers_to_matmul
 from ._dropout import Dropout as Dropout
 from ._init import (

@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d
+from ..layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d, relu
 from ._checks import check_image_batch
 
 
@@ -79,10 +79,10 @@ class SmallCNN(eqx.Module):
         nhwc = {"channels_last": True}  # NHWC inside, as in `ResNet`
         x = x.transpose(0, 2, 3, 1)
         x, bn1 = self.bn1(self.conv1(x, **nhwc), **nhwc)
-        x, bn2 = self.bn2(self.conv2(jax.nn.relu(x), **nhwc), **nhwc)
-        x = self.pool(jax.nn.relu(x), **nhwc)
+        x, bn2 = self.bn2(self.conv2(relu(x), **nhwc), **nhwc)
+        x = self.pool(relu(x), **nhwc)
         x, bn3 = self.bn3(self.conv3(x, **nhwc), **nhwc)
-        x = self.pool(jax.nn.relu(x), **nhwc)
+        x = self.pool(relu(x), **nhwc)
         x = self.avgpool(x, **nhwc).reshape(x.shape[0], -1)
         logits = self.fc(self.dropout(x, key=key))
         return logits, eqx.tree_at(lambda m: (m.bn1, m.bn2, m.bn3), self, (bn1, bn2, bn3))

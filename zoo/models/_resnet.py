@@ -21,6 +21,7 @@ from ..layers import (
     Linear,
     MaxPool2d,
     kaiming_normal_fan_out as _kaiming,
+    relu,
 )
 from ._checks import check_image_batch
 
@@ -112,12 +113,12 @@ class BasicBlock(eqx.Module):
     def __call__(self, x: Array, *, channels_last: bool = False) -> tuple[Array, Self]:
         nhwc = {"channels_last": channels_last}
         out, bn1 = self.bn1(self.conv1(x, **nhwc), **nhwc)
-        out, bn2 = self.bn2(self.conv2(jax.nn.relu(out), **nhwc), **nhwc)
+        out, bn2 = self.bn2(self.conv2(relu(out), **nhwc), **nhwc)
         identity, downsample = _downsample(x, self.downsample, channels_last)
         new = eqx.tree_at(
             lambda b: (b.bn1, b.bn2, b.downsample), self, (bn1, bn2, downsample), is_leaf=_is_none
         )
-        return jax.nn.relu(out + identity), new
+        return relu(out + identity), new
 
 
 class Bottleneck(eqx.Module):
@@ -159,8 +160,8 @@ class Bottleneck(eqx.Module):
     def __call__(self, x: Array, *, channels_last: bool = False) -> tuple[Array, Self]:
         nhwc = {"channels_last": channels_last}
         out, bn1 = self.bn1(self.conv1(x, **nhwc), **nhwc)
-        out, bn2 = self.bn2(self.conv2(jax.nn.relu(out), **nhwc), **nhwc)
-        out, bn3 = self.bn3(self.conv3(jax.nn.relu(out), **nhwc), **nhwc)
+        out, bn2 = self.bn2(self.conv2(relu(out), **nhwc), **nhwc)
+        out, bn3 = self.bn3(self.conv3(relu(out), **nhwc), **nhwc)
         identity, downsample = _downsample(x, self.downsample, channels_last)
         new = eqx.tree_at(
             lambda b: (b.bn1, b.bn2, b.bn3, b.downsample),
@@ -168,7 +169,7 @@ class Bottleneck(eqx.Module):
             (bn1, bn2, bn3, downsample),
             is_leaf=_is_none,
         )
-        return jax.nn.relu(out + identity), new
+        return relu(out + identity), new
 
 
 Block = BasicBlock | Bottleneck
@@ -315,7 +316,7 @@ class ResNet(eqx.Module):
         # transpose copy around every convolution (21% of a 224x224 train step).
         x = x.transpose(0, 2, 3, 1)
         x, bn1 = self.bn1(self.conv1(x, channels_last=True), channels_last=True)
-        x = self.maxpool(jax.nn.relu(x), channels_last=True)
+        x = self.maxpool(relu(x), channels_last=True)
         x, layer1 = _run_layer(x, self.layer1)
         x, layer2 = _run_layer(x, self.layer2)
         x, layer3 = _run_layer(x, self.layer3)
