@@ -143,9 +143,10 @@ def test_no_grad_builds_no_graph_and_leaves_buffers_in_eval(reference, images):
 
 
 def test_vjp_residuals_hold_no_arrays_of_zeros(reference, images):
-    """With grad, the face's forward hands the VJP's residuals to its backward. `jax.nn.relu`
-    and a `where`-based max-pool tangent left an array of zeros per ReLU and per pool tap
-    there (526 of 1585 MB at 224x224 batch 32): masks only now, and one int8 tap index."""
+    """With grad, the face's forward hands the VJP's residuals to its backward, through
+    memory. `jax.nn.relu` and a `where`-based max-pool tangent left an array of zeros per
+    ReLU and per pool tap there (526 of 1585 MB at 224x224 batch 32; 689 MB in all now, with
+    BatchNorm's, tested in test_layers)."""
     _, face = fresh_pair(reference)
     args, _ = face.train()._arguments(images(2, 3, 64, 64))
     _, _, vjp = face._program.forward_vjp(True, False, *args)

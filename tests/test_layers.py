@@ -197,6 +197,18 @@ def test_batchnorm_train_mode_rejects_a_single_value_per_channel():
 
 
 @LAYOUTS
+def test_batchnorm_vjp_saves_one_batch_sized_array(channels_last, images):
+    """What `jax.vjp` keeps for the backward (the torch face's backward reads it from
+    memory): the centred batch, once. `jnp.square` in the variance kept `2 * centred` too."""
+    bn = layers.BatchNorm2d(5)
+    x = jnp.asarray(images(4, 5, 6, 7).numpy())
+    x = x.transpose(0, 2, 3, 1) if channels_last else x
+    _, vjp = jax.vjp(lambda x: bn(x, channels_last=channels_last)[0], x)
+    saved = [a for a in jax.tree.leaves(vjp) if getattr(a, "size", 0) == x.size]
+    assert len(saved) == 1
+
+
+@LAYOUTS
 def test_adaptive_avg_pool_matches_torch(channels_last, images):
     x = images(2, 5, 7, 3)
     out = in_layout(layers.AdaptiveAvgPool2d(), channels_last)(jnp.asarray(x.numpy()))

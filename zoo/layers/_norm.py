@@ -95,7 +95,11 @@ class BatchNorm2d(eqx.Module):
         xs = x.astype(stat_dtype)
         count = x.size // self.num_features
         mean = channel_sums(xs) / count
-        var = channel_sums(jnp.square(xs - expand(mean))) / count
+        # One centred batch serves the variance and the output, and `centred * centred`
+        # (not `jnp.square`, whose derivative keeps `2 * centred` as well) makes it the only
+        # batch-sized array `jax.vjp` saves here: the torch face's backward reads them all.
+        centred = xs - expand(mean)
+        var = channel_sums(centred * centred) / count
         if count < 2:
             raise ValueError(
                 "BatchNorm2d in train mode needs more than one value per channel (got "
@@ -116,18 +120,20 @@ class BatchNorm2d(eqx.Module):
                 num_batches.astype(self.num_batches_tracked.dtype),
             ),
         )
-        return self._normalise(xs, mean, var, expand).astype(x.dtype), updated
+        return self._scale_shift(centred, var, expand).astype(x.dtype), updated
 
     def _normalise(
         self, x: Array, mean: Array, var: Array, expand: Callable[[Array], Array]
     ) -> Array:
+        return self._scale_shift(x - expand(mean.astype(x.dtype)), var, expand)
+
+    def _scale_shift(self, centred: Array, var: Array, expand: Callable[[Array], Array]) -> Array:
         # Centre first, as torch does: folding the mean into a shift (x * scale + shift)
         # matches in the forward but makes the backward cancel large sums, which cost ~1e-2
         # relative error on gradients of layers whose mean is large against their spread.
         inv = 1.0 / jnp.sqrt(var + self.eps)
-        scale = (self.weight * inv).astype(x.dtype)
-        centred = x - expand(mean.astype(x.dtype))
-        return centred * expand(scale) + expand(self.bias.astype(x.dtype))
+        scale = (self.weight * inv).astype(centred.dtype)
+        return centred * expand(scale) + expand(self.bias.astype(centred.dtype))
 
 
 # Row width (elements) that `_channel_sums` folds an NHWC batch to.
