@@ -346,10 +346,13 @@ def overhead_markdown(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "## Torch-face overhead over the bare jitted JAX function",
         "",
-        "Median ms of the same model and input: the JAX face's jitted call against the torch",
-        "face (`no_grad` forward; forward + `backward()` with `zero_grad` each call) and a",
-        "jitted `jax.grad` of the summed logits. Targets: <= 3% (no grad) and <= 10% (with",
-        "grad) at batch 32, <= 2 ms fixed cost per call.",
+        "Median ms of the same model and input: `zoo.jit(zoo.forward)` over the model's OIHW",
+        "weights against the torch face (`no_grad` forward; forward + `backward()` with",
+        "`zero_grad` each call) and a jitted `jax.grad` of the summed logits. Targets: <= 3%",
+        "(no grad) and <= 10% (with grad) at batch 32, <= 2 ms fixed cost per call. (The JAX",
+        "face's own call reads a memoised HWIO copy of the conv weights, so it is faster still",
+        "at small batches; the torch face cannot memoise one safely: `.data` and NumPy writes",
+        "to its tensors leave no trace.)",
         "",
         "| model, input | JAX no-grad | torch face no-grad | overhead | JAX grad | torch face "
         "grad | overhead |",

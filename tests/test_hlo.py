@@ -180,3 +180,36 @@ def test_weight_gradient_transposes_do_not_recompute_earlier_blocks(monkeypatch)
     # The detector can fail: without the barrier it does.
     monkeypatch.setattr(resnet_module, "fusion_barrier", lambda x: x)
     assert max(transposes_reading_convolutions(resnet18_hlo(224)["train"])) > 2
+
+
+def test_jax_face_reads_its_hwio_kernels_without_copying_them():
+    """The JAX face's eval call takes the conv weights already in HWIO: its compiled forward
+    holds no op that writes an array of a kernel's HWIO shape (the plain forward, reading
+    torch's OIHW weights, has one per 3x3 and 7x7 convolution)."""
+    import zoo.adapters._jax_face as face_module
+
+    face = zoo.load("resnet18", num_classes=10)
+    x = jnp.ones((1, 3, 224, 224))
+    kernels = face_module._hwio_kernels(face.model)
+    hwio = {k.shape for k in kernels if k.shape[0] > 1}
+    assert hwio == {
+        (7, 7, 3, 64),
+        (3, 3, 64, 64),
+        (3, 3, 64, 128),
+        (3, 3, 128, 128),
+        (3, 3, 128, 256),
+        (3, 3, 256, 256),
+        (3, 3, 256, 512),
+        (3, 3, 512, 512),
+    }
+
+    def written_kernels(hlo: str) -> set[tuple[int, ...]]:
+        shapes = re.findall(
+            r"= f32\[(\d+),(\d+),(\d+),(\d+)\]\{[\d,]+\} (?:fusion|copy|transpose)", hlo
+        )
+        return {tuple(map(int, s)) for s in shapes} & hwio
+
+    plain = zoo.jit(zoo.forward).lower(zoo.eval_mode(face.model), x).compile().as_text()
+    assert written_kernels(plain) == hwio  # the detector sees the per-call transposes
+    compiled = face_module._eval_logits_hwio.lower(kernels, face.model, x).compile().as_text()
+    assert written_kernels(compiled) == set()
