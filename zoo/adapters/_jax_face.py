@@ -72,27 +72,30 @@ class JaxModel(eqx.Module):
 
     def __call__(self, x: Float[Array, "batch channels height width"]) -> Array:
         x = jnp.asarray(x)
-        kernels = None if _is_traced((self, x)) else self._inference_kernels()
+        memo = self.__dict__.get("_hwio_cache")
+        # A memo exists only on a concrete face; without one, look for tracers in the face.
+        traced = isinstance(x, jax.core.Tracer) or (memo is None and _is_traced(self))
+        kernels = None if traced else self._inference_kernels(memo)
         if kernels is None:
             return _eval_logits(self.model, x)
         return _eval_logits_hwio(kernels, self.model, x)
 
-    def _inference_kernels(self) -> tuple[Array, ...] | None:
-        """The HWIO copies of the conv weights, made on the first call; `None` (the plain
-        path) where the weights are not JAX arrays, or were donated (deleted), so that the
-        call fails as it would without the memo."""
-        weights = [conv.weight for conv in _convs(self.model)]
-        # Only immutable JAX arrays can be memoised against (a NumPy weight could change).
-        if not weights or not all(isinstance(w, jax.Array) for w in weights):
-            return None
-        if any(w.is_deleted() for w in weights):
-            return None
-        cached = self.__dict__.get("_hwio_cache")
-        if cached is None:
-            cached = _hwio_kernels(self.model)
-            # A memo, not a field: not part of the pytree, dropped by every transformation.
-            object.__setattr__(self, "_hwio_cache", cached)
-        return cached
+    def _inference_kernels(self, memo: tuple | None) -> tuple[Array, ...] | None:
+        """The HWIO copies of the conv weights, made on the first call and kept with the
+        weights they came from; `None` (the plain path) where the weights are not JAX
+        arrays, or were donated (deleted), so that the call fails as it would without it."""
+        if memo is None:
+            weights = tuple(conv.weight for conv in _convs(self.model))
+            # Only immutable JAX arrays can be memoised against (a NumPy weight could change).
+            if not weights or not all(isinstance(w, jax.Array) for w in weights):
+                return None
+            if any(w.is_deleted() for w in weights):
+                return None
+            memo = (weights, _hwio_kernels(self.model))
+            # Not a field: outside the pytree, so every transformation and copy drops it.
+            object.__setattr__(self, "_hwio_cache", memo)
+        weights, kernels = memo
+        return None if any(w.is_deleted() for w in weights) else kernels
 
     def train_forward(self, x: Array, *, key: PRNGKeyArray | None = None) -> tuple[Array, Self]:
         """Train-mode logits (batch statistics, dropout with `key`) and the face with its
