@@ -234,15 +234,17 @@ def test_jax_face_logits_train_forward_and_transforms(reference, images):
 
 def test_jax_face_memoises_hwio_kernels_without_going_stale(reference, images):
     """The face's eval call reads an HWIO copy of the conv weights made on its first call
-    (the per-call OIHW -> HWIO transpose was ~20 of ~45 ms at 224x224 batch 1). Same logits,
-    bit for bit; a new face gets its own copy; donated weights still fail the call."""
+    (the per-call OIHW -> HWIO transpose was ~20 of ~45 ms at 224x224 batch 1). The same
+    logits as the plain forward (bit for bit through XLA's convolutions; the convolutions
+    that run as matmuls may sum in another order); a new face gets its own copy; donated
+    weights still fail the call."""
     ref = copy.deepcopy(reference).eval()
     face = zoo.load("resnet18", weights=ref.state_dict())
     xt = images(2, 3, 64, 64)
     x = jnp.asarray(xt.numpy())
     plain = zoo.jit(zoo.forward)
     logits = face(x)
-    assert bool(jnp.array_equal(logits, plain(zoo.eval_mode(face.model), x)))
+    assert max_abs_diff(logits, plain(zoo.eval_mode(face.model), x)) <= 1e-6
     with torch.no_grad():
         assert max_abs_diff(logits, ref(xt)) <= TOL
     _, kernels = face._hwio_cache
@@ -253,8 +255,8 @@ def test_jax_face_memoises_hwio_kernels_without_going_stale(reference, images):
     other = face.replace(doubled)
     assert "_hwio_cache" not in other.__dict__
     other_logits = other(x)
-    assert bool(jnp.array_equal(other_logits, plain(zoo.eval_mode(doubled), x)))
-    assert not bool(jnp.array_equal(other_logits, logits))
+    assert max_abs_diff(other_logits, plain(zoo.eval_mode(doubled), x)) <= 1e-6
+    assert max_abs_diff(other_logits, logits) > 1e-3
     optimizer = optax.sgd(0.1)
     step = zoo.make_train_step(optimizer)  # donates the model it is given
     model = zoo.train_mode(face.model)

@@ -112,8 +112,14 @@ def test_local_dir_loads_back_bit_identical(exported, r18, framework, images):
     assert back.name == "resnet18"
     assert _same_arrays(r18, back)
     x = images(1, 3, 32, 32)
-    out = back(x) if framework == "torch" else back(x.numpy())
-    assert max_abs_diff(out.detach() if framework == "torch" else out, r18(x.numpy())) == 0.0
+    if framework == "jax":
+        assert max_abs_diff(back(x.numpy()), r18(x.numpy())) == 0.0
+    else:
+        # The torch face runs the plain forward; the JAX face reads HWIO kernels, which at
+        # 32x32 reorders the sums of the convolutions that run as matmuls (~1e-6 apart).
+        plain = zoo.jit(zoo.forward)(zoo.eval_mode(r18.model), x.numpy())
+        assert max_abs_diff(back(x).detach(), plain) == 0.0
+        assert max_abs_diff(back(x).detach(), r18(x.numpy())) <= 1e-5
 
 
 def test_torch_face_and_bare_equinox_export(tmp_path, images):
