@@ -92,7 +92,8 @@ class JaxModel(eqx.Module):
             if any(w.is_deleted() for w in weights):
                 return None
             memo = (weights, _hwio_kernels(self.model))
-            # Not a field: outside the pytree, so every transformation and copy drops it.
+            # Not a field: outside the pytree, so every JAX transformation and `eqx.tree_at`
+            # drop it (a deepcopy copies it with the arrays it came from).
             object.__setattr__(self, "_hwio_cache", memo)
         weights, kernels = memo
         return None if any(w.is_deleted() for w in weights) else kernels
