@@ -83,13 +83,12 @@ class JaxModel(eqx.Module):
     def _inference_kernels(self, memo: tuple | None) -> tuple[Array, ...] | None:
         """The HWIO copies of the conv weights, made on the first call and kept with the
         weights they came from; `None` (the plain path) where the weights are not JAX
-        arrays, or were donated (deleted), so that the call fails as it would without it."""
+        arrays, or were donated (deleted), so that the call fails as it would without it.
+        (On a first call, deleted weights fail in `_hwio_kernels` with the same error.)"""
         if memo is None:
             weights = tuple(conv.weight for conv in _convs(self.model))
             # Only immutable JAX arrays can be memoised against (a NumPy weight could change).
             if not weights or not all(isinstance(w, jax.Array) for w in weights):
-                return None
-            if any(w.is_deleted() for w in weights):
                 return None
             memo = (weights, _hwio_kernels(self.model))
             # Not a field: outside the pytree, so every JAX transformation and `eqx.tree_at`
