@@ -19,6 +19,7 @@ import optax
 import pytest
 
 import zoo
+import zoo.adapters._jax_face as face_module
 import zoo.layers._conv as conv_module
 import zoo.models._resnet as resnet_module
 
@@ -186,8 +187,6 @@ def test_jax_face_reads_its_hwio_kernels_without_copying_them():
     """The JAX face's eval call takes the conv weights already in HWIO: its compiled forward
     holds no op that writes an array of a kernel's HWIO shape (the plain forward, reading
     torch's OIHW weights, has one per 3x3 and 7x7 convolution)."""
-    import zoo.adapters._jax_face as face_module
-
     face = zoo.load("resnet18", num_classes=10)
     x = jnp.ones((1, 3, 224, 224))
     kernels = face_module._hwio_kernels(face.model)

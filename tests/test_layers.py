@@ -200,10 +200,9 @@ def test_batchnorm_train_mode_rejects_a_single_value_per_channel():
 def test_batchnorm_vjp_saves_one_batch_sized_array(channels_last, images):
     """What `jax.vjp` keeps for the backward (the torch face's backward reads it from
     memory): the centred batch, once. `jnp.square` in the variance kept `2 * centred` too."""
-    bn = layers.BatchNorm2d(5)
+    bn = in_layout(layers.BatchNorm2d(5), channels_last)
     x = jnp.asarray(images(4, 5, 6, 7).numpy())
-    x = x.transpose(0, 2, 3, 1) if channels_last else x
-    _, vjp = jax.vjp(lambda x: bn(x, channels_last=channels_last)[0], x)
+    _, vjp = jax.vjp(lambda x: bn(x)[0], x)
     saved = [a for a in jax.tree.leaves(vjp) if getattr(a, "size", 0) == x.size]
     assert len(saved) == 1
 
