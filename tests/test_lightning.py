@@ -190,8 +190,10 @@ def test_freeze_backbone_modes(digits, mode):
         after = weights(module)
         for k in before:  # BatchNorm buffers (running stats, counters) included
             assert torch.equal(before[k], after[k]), k
+    # Rounding alone stays below 1e-5; live dropout moves the loss of this untrained model
+    # by ~1e-2 (the size depends on the initial weights).
     assert gaps[0.0] < 1e-5, gaps
-    assert gaps[0.9] > 1e-2, gaps
+    assert gaps[0.9] > 1e-3, gaps
 
 
 def test_freeze_backbone_head_modes_in_equinox():

@@ -1,5 +1,8 @@
 """`zoo.load`, the registry and the weight sources it accepts."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -148,3 +151,37 @@ def test_wrong_architecture_file_names_the_file(tmp_path):
     safetensors.torch.save_file(torchvision.models.resnet34().state_dict(), path)
     with pytest.raises(wc.ConversionError, match=r"r34\.safetensors, loaded as 'resnet18'"):
         zoo.load("resnet18", weights=path)
+
+
+def test_the_jax_path_never_imports_torch():
+    # A JAX user's session: import, build, call, train. torch (~1 s to import) stays out
+    # until a torch-facing name is used; then each such name resolves.
+    script = """
+import sys
+import jax, jax.numpy as jnp, optax
+import zoo, weights_convert
+face = zoo.load("resnet18", num_classes=10)
+face(jnp.zeros((2, 3, 32, 32))).block_until_ready()
+model = zoo.train_mode(face.model)
+opt = optax.sgd(0.1)
+step = zoo.make_train_step(opt)
+x, y = jnp.zeros((2, 3, 32, 32)), jnp.zeros(2, jnp.int32)
+step(model, opt.init(zoo.trainable(model)), x, y, jax.random.key(0))
+assert "torch" not in sys.modules, "the JAX path imported torch"
+names = ["TorchModel", "WeightsError", "push_to_hub", "save_pretrained", "hub"]
+assert set(names) <= set(dir(zoo)) and "load_state_dict" in dir(weights_convert)
+assert zoo.load("cnn", framework="torch").__class__ is zoo.TorchModel
+assert all(getattr(zoo, n) is not None for n in names)
+assert zoo.models.SmallCNNTorch and weights_convert.load_state_dict and "torch" in sys.modules
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_unknown_attributes_still_raise_attribute_errors():
+    for module, name in ((zoo, "TorchModle"), (zoo.models, "SmallCNNTorc"), (wc, "to_state")):
+        with pytest.raises(AttributeError, match=f"has no attribute '{name}'"):
+            getattr(module, name)

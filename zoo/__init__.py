@@ -1,4 +1,11 @@
-"""The zoo: torchvision's models in Equinox, with a jitted JAX face and a torch face."""
+"""The zoo: torchvision's models in Equinox, with a jitted JAX face and a torch face.
+
+`import zoo` imports JAX, not torch: the torch-facing names (`TorchModel`, `to_torchvision`,
+`WeightsError`, `push_to_hub`, `save_pretrained`, `zoo.hub`) import it on first use, as does
+`zoo.load` when it reads weights or builds a torch face.
+"""
+
+from typing import TYPE_CHECKING
 
 from . import adapters as adapters, layers as layers, models as models
 from ._compile import (
@@ -13,6 +20,7 @@ from ._functional import (
     make_train_step as make_train_step,
     trainable as trainable,
 )
+from ._lazy import lazy_attributes
 from ._load import load as load, to_torchvision as to_torchvision
 from ._modes import eval_mode as eval_mode, is_training as is_training, train_mode as train_mode
 from ._registry import (
@@ -21,8 +29,24 @@ from ._registry import (
     list_models as list_models,
     register_model as register_model,
 )
-from ._sources import WeightsError as WeightsError
-from .adapters import JaxModel as JaxModel, TorchModel as TorchModel
-from .hub import push_to_hub as push_to_hub, save_pretrained as save_pretrained
+from .adapters import JaxModel as JaxModel
+
+if TYPE_CHECKING:
+    from . import hub as hub
+    from ._sources import WeightsError as WeightsError
+    from .adapters import TorchModel as TorchModel
+    from .hub import push_to_hub as push_to_hub, save_pretrained as save_pretrained
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    globals(),
+    {
+        "WeightsError": "._sources",
+        "TorchModel": ".adapters",
+        "hub": ".hub",
+        "push_to_hub": ".hub",
+        "save_pretrained": ".hub",
+    },
+)
 
 __version__ = "0.1.0"

@@ -1,19 +1,24 @@
 """`zoo.load`: build a registered architecture, fill it with weights, and give it a face."""
 
+from __future__ import annotations
+
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
-import torch
 from jaxtyping import PRNGKeyArray
 
 import weights_convert as wc
 
 from ._modes import eval_mode
 from ._registry import ModelInfo, get_model_info
-from ._sources import WeightsError, read_weights_file, torchvision_state_dict
-from .adapters import JaxModel, TorchModel
+from .adapters import JaxModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from .adapters import TorchModel
 
 Framework = Literal["jax", "torch", "equinox"]
 TORCHVISION_TAGS = ("torchvision", "DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2")
@@ -22,6 +27,8 @@ TORCHVISION_TAGS = ("torchvision", "DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2")
 def resolve_weights(info: ModelInfo, weights: Any) -> tuple[dict[str, torch.Tensor], bool]:
     """A state_dict from any supported source, and whether the zoo owns its tensors (a file it
     just read: they can be shared without a copy) or the caller does (copy them)."""
+    from ._sources import WeightsError, read_weights_file, torchvision_state_dict  # torch
+
     if isinstance(weights, Mapping):
         return dict(weights), False
     if isinstance(weights, str) and weights.startswith(("hf-hub:", "local-dir:")):
@@ -129,6 +136,8 @@ def load(
     if framework == "equinox":
         return model
     if framework == "torch":
+        from .adapters import TorchModel  # imports torch
+
         return TorchModel(model, name=name)
     return JaxModel(model, name=name)
 
@@ -136,6 +145,8 @@ def load(
 def to_torchvision(face: JaxModel | TorchModel, name: str | None = None) -> torch.nn.Module:
     """The plain torch model (torchvision's, or the CNN's twin) carrying the same weights,
     in eval mode. `name` is needed only for a bare Equinox model."""
+    from .adapters import TorchModel  # imports torch
+
     name = name or getattr(face, "name", None)
     if not name:
         raise ValueError("pass name= (the registry name) to convert a bare Equinox model")

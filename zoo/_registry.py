@@ -1,14 +1,17 @@
 """The model registry: names -> builders and their pretrained configuration (timm's pattern)."""
 
+from __future__ import annotations
+
 import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import models
+
+if TYPE_CHECKING:
+    import torch
 
 # timm's ImageNet defaults; the torchvision checkpoints were trained with the same.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,6 +104,7 @@ def get_model_info(name: str) -> ModelInfo:
 
 def _torchvision(name: str) -> Callable[..., torch.nn.Module]:
     def build(**kwargs: Any) -> torch.nn.Module:
+        import torch
         import torchvision
 
         in_chans = kwargs.pop("in_chans", 3)
@@ -110,6 +114,10 @@ def _torchvision(name: str) -> Callable[..., torch.nn.Module]:
         return model
 
     return build
+
+
+def _small_cnn_torch(**kwargs: Any) -> torch.nn.Module:
+    return models.SmallCNNTorch(**kwargs)  # imports torch: only when a torch twin is built
 
 
 _TORCHVISION_RESNETS = {
@@ -134,7 +142,7 @@ for _name, _weights in _TORCHVISION_RESNETS.items():
 register_model(
     "cnn",
     models.small_cnn,
-    torch_builder=models.SmallCNNTorch,
+    torch_builder=_small_cnn_torch,
     num_classes=10,
     input_size=(3, 32, 32),
     crop_pct=1.0,

@@ -1,4 +1,12 @@
 """The two faces of a zoo model: a jitted JAX one and a torch `nn.Module` one."""
 
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 from ._jax_face import JaxModel as JaxModel
-from ._torch_face import TorchModel as TorchModel
+
+if TYPE_CHECKING:
+    from ._torch_face import TorchModel as TorchModel
+
+# The torch face imports torch: loaded on first use.
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {"TorchModel": "._torch_face"})

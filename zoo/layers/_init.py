@@ -2,7 +2,8 @@
 
 The draws come from NumPy, seeded by the JAX key: eager `jax.random` compiles one kernel per
 new shape, which made building a ResNet take over ten seconds on a CPU; NumPy takes
-milliseconds and stays deterministic in the key.
+milliseconds and stays deterministic in the key. The draws reach JAX through
+`jax.device_put`, which compiles nothing (`jnp.asarray` compiles a copy per new shape).
 """
 
 import math
@@ -27,8 +28,9 @@ def torch_default_uniform(
 
     (`kaiming_uniform_(a=sqrt(5))` reduces to this bound for the weights.)
     """
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return jnp.asarray(numpy_rng(key).uniform(-bound, bound, shape).astype(np.float32))
+    bound = np.float32(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
+    unit = numpy_rng(key).random(shape, dtype=np.float32)  # float32 draws: 3x faster
+    return jax.device_put((2 * unit - 1) * bound)
 
 
 def kaiming_normal_fan_out(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "..."]:
@@ -38,4 +40,5 @@ def kaiming_normal_fan_out(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[A
     """
     fan_out = shape[0] * math.prod(shape[2:])
     std = math.sqrt(2.0 / fan_out)
-    return jnp.asarray((numpy_rng(key).standard_normal(shape) * std).astype(np.float32))
+    draws = numpy_rng(key).standard_normal(shape, dtype=np.float32)  # float32 draws: 3x faster
+    return jax.device_put(draws * np.float32(std))

@@ -4,7 +4,9 @@ from collections.abc import Callable
 from typing import Self
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 
@@ -56,11 +58,13 @@ class BatchNorm2d(eqx.Module):
         self.eps = eps
         self.momentum = momentum
         self.inference = inference
-        self.weight = jnp.ones((num_features,), jnp.float32)
-        self.bias = jnp.zeros((num_features,), jnp.float32)
-        self.running_mean = jnp.zeros((num_features,), jnp.float32)
-        self.running_var = jnp.ones((num_features,), jnp.float32)
-        self.num_batches_tracked = jnp.zeros((), jnp.int32)
+        # From NumPy: `jnp.ones`/`jnp.zeros` would compile one kernel per new channel count.
+        # One NumPy array per field: `device_put` may alias its memory, and two fields on one
+        # buffer would break donation and the torch face's in-place updates.
+        self.weight, self.bias, self.running_mean, self.running_var = jax.device_put(
+            [fill(num_features, np.float32) for fill in (np.ones, np.zeros, np.zeros, np.ones)]
+        )
+        self.num_batches_tracked = jax.device_put(np.zeros((), np.int32))
 
     def __call__(
         self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False

@@ -1,7 +1,9 @@
 """Equinox models whose attribute paths are torchvision's state_dict keys."""
 
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 from ._cnn import SmallCNN as SmallCNN, small_cnn as small_cnn
-from ._cnn_torch import SmallCNNTorch as SmallCNNTorch
 from ._resnet import (
     BasicBlock as BasicBlock,
     Bottleneck as Bottleneck,
@@ -17,3 +19,9 @@ from ._resnet import (
     wide_resnet50_2 as wide_resnet50_2,
     wide_resnet101_2 as wide_resnet101_2,
 )
+
+if TYPE_CHECKING:
+    from ._cnn_torch import SmallCNNTorch as SmallCNNTorch
+
+# The CNN's torch twin imports torch: loaded on first use.
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {"SmallCNNTorch": "._cnn_torch"})
