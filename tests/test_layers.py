@@ -1,5 +1,7 @@
 """Each layer against its torch.nn counterpart, at the sizes where conventions differ."""
 
+import logging
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import torch
 from conftest import in_layout, max_abs_diff
 
 import weights_convert as wc
-from zoo import eval_mode, layers
+from zoo import eval_mode, layers, models
 from zoo.layers import lowers_to_matmul
 
 TOL = 1e-5
@@ -296,3 +298,16 @@ def test_batchnorm_gradients_match_torch_with_an_offset_input(train, channels_la
     ]:
         t = theirs.numpy()
         np.testing.assert_allclose(np.asarray(ours), t, rtol=1e-4, atol=1e-4 * np.abs(t).max())
+
+
+def test_building_a_model_compiles_nothing_and_gives_each_array_its_own_buffer(caplog):
+    models.resnet18(num_classes=10)  # JAX's own first-use compiles (key splitting)
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        # New shapes (a 13-class head, 37 channels): `jnp.asarray`/`jnp.ones` would compile.
+        model = models.resnet18(num_classes=13)
+        bn = layers.BatchNorm2d(37)
+    assert not [r.message for r in caplog.records if "Compiling" in r.message]
+    # Donation and the torch face's in-place updates need one buffer per array; init
+    # arrays that `device_put` aliases from shared NumPy memory would break both.
+    leaves = jax.tree_util.tree_leaves((model, bn))
+    assert len({leaf.unsafe_buffer_pointer() for leaf in leaves}) == len(leaves)
