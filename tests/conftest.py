@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +175,8 @@ def to_float64(model):
     """`model` (any JAX pytree) with its float32 arrays cast to float64; integer arrays (the
     BatchNorm counters) stay. Use under `jax.enable_x64(True)`."""
     return jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, model
+        lambda a: a.astype(jnp.float64) if eqx.is_array(a) and a.dtype == jnp.float32 else a,
+        model,
     )
 
 
@@ -209,3 +213,32 @@ def images():
         return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
     return make
+
+
+@eqx.filter_jit
+def eval_logits(model, x):
+    """Eval-mode logits of an Equinox model, jitted."""
+    return zoo.eval_mode(model)(x)[0]
+
+
+def assert_deep_parity(reference, model, x: torch.Tensor, label: str) -> None:
+    """Eval logits against torch's: in float64 <= 1e-10 (the same computation), and in fp32
+    against torch's fp64 result within twice torch's own fp32 error, or 1e-5 if smaller."""
+    reference = reference.eval()
+    with torch.no_grad():
+        ref32 = reference(x).numpy()
+        ref64 = reference.double()(x.double()).numpy()
+    reference.float()
+    ours32 = np.asarray(eval_logits(model, jnp.asarray(x.numpy())))
+    with jax.enable_x64(True):
+        ours64 = np.asarray(eval_logits(to_float64(model), jnp.asarray(x.double().numpy())))
+    torch_fp32_error = float(np.abs(ref32 - ref64).max())
+    fp64_diff = float(np.abs(ours64 - ref64).max())
+    fp32_diff = float(np.abs(ours32 - ref64).max())
+    print(
+        f"{label}: fp64 diff {fp64_diff:.1e}; fp32 diff vs torch fp64 {fp32_diff:.1e} "
+        f"(torch fp32 own error {torch_fp32_error:.1e}); fp32 vs torch fp32 "
+        f"{np.abs(ours32 - ref32).max():.1e}"
+    )
+    assert fp64_diff <= 1e-10
+    assert fp32_diff <= max(1e-5, 2 * torch_fp32_error)

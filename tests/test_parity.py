@@ -15,6 +15,7 @@ compared in fp64 (<= 1e-10: the same computation), and in fp32 our error against
 result must stay within twice torch's own fp32 error, and 1e-5 when that is smaller.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,9 @@ import pytest
 import torch
 import torchvision
 from conftest import (
+    assert_deep_parity,
     assert_far_from_kinks,
+    eval_logits,
     in_layout,
     max_abs_diff,
     randomize_batchnorm,
@@ -47,11 +50,6 @@ def make_pair(name: str, seed: int = 0, **kwargs):
     return reference, model
 
 
-@jax.jit
-def eval_logits(model, x):
-    return zoo.eval_mode(model)(x)[0]
-
-
 @pytest.mark.parametrize("size", [(224, 224), (97, 131), (33, 33)])
 def test_resnet18_eval_logits(size, images):
     reference, model = make_pair("resnet18")
@@ -61,27 +59,6 @@ def test_resnet18_eval_logits(size, images):
     diff = max_abs_diff(eval_logits(model, jnp.asarray(x.numpy())), ref)
     print(f"resnet18 eval {size}: max abs diff {diff:.2e}")
     assert diff <= TOL
-
-
-def assert_deep_parity(reference, model, x: torch.Tensor, label: str) -> None:
-    reference = reference.eval()
-    with torch.no_grad():
-        ref32 = reference(x).numpy()
-        ref64 = reference.double()(x.double()).numpy()
-    reference.float()
-    ours32 = np.asarray(eval_logits(model, jnp.asarray(x.numpy())))
-    with jax.enable_x64(True):
-        ours64 = np.asarray(eval_logits(to_float64(model), jnp.asarray(x.double().numpy())))
-    torch_fp32_error = float(np.abs(ref32 - ref64).max())
-    fp64_diff = float(np.abs(ours64 - ref64).max())
-    fp32_diff = float(np.abs(ours32 - ref64).max())
-    print(
-        f"{label}: fp64 diff {fp64_diff:.1e}; fp32 diff vs torch fp64 {fp32_diff:.1e} "
-        f"(torch fp32 own error {torch_fp32_error:.1e}); fp32 vs torch fp32 "
-        f"{np.abs(ours32 - ref32).max():.1e}"
-    )
-    assert fp64_diff <= 1e-10
-    assert fp32_diff <= max(TOL, 2 * torch_fp32_error)
 
 
 @pytest.mark.slow
@@ -121,7 +98,7 @@ def test_small_cnn_eval_logits(in_chans, images):
     assert max_abs_diff(eval_logits(model, jnp.asarray(x.numpy())), ref) <= TOL
 
 
-@jax.jit
+@eqx.filter_jit
 def train_forward(model, x):
     return zoo.train_mode(model)(x)
 
@@ -182,7 +159,7 @@ def test_parameter_gradients_match_autograd(name, size, batch, seed, images):
     reference, model, x, labels = gradient_case(name, size, batch, seed, images)
     assert_far_from_kinks(reference, x, train=True, what=f"{name} {size} batch {batch} seed {seed}")
     torch.nn.functional.cross_entropy(reference(x), labels).backward()
-    (_, _, _), grads = jax.jit(zoo.loss_and_grads)(
+    (_, _, _), grads = eqx.filter_jit(zoo.loss_and_grads)(
         zoo.train_mode(model), jnp.asarray(x.numpy()), jnp.asarray(labels.numpy())
     )
     ours = {k: np.asarray(v) for k, v in wc.named_arrays(grads).items()}
@@ -197,7 +174,7 @@ def test_float64_gradients_match_autograd(name, size, batch, seed, images):
     reference.double()  # in place: make_pair's reference is this test's own
     torch.nn.functional.cross_entropy(reference(x.double()), labels).backward()
     with jax.enable_x64(True):
-        (_, _, _), grads = jax.jit(zoo.loss_and_grads)(
+        (_, _, _), grads = eqx.filter_jit(zoo.loss_and_grads)(
             zoo.train_mode(to_float64(model)),
             jnp.asarray(x.double().numpy()),
             jnp.asarray(labels.numpy()),

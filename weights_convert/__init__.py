@@ -13,6 +13,7 @@ from ._names import (
     named_arrays as named_arrays,
     replace_arrays as replace_arrays,
     split_params_buffers as split_params_buffers,
+    strip_prefixes as strip_prefixes,
 )
 from ._report import ConversionError as ConversionError, LoadReport as LoadReport
 

@@ -5,6 +5,7 @@ checked rename: each key's shape, dtype and finiteness are verified, and tensors
 DLPack, sharing memory where the layout allows.
 """
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import torch
 from jaxtyping import Array
 
 from ._adapt import adapt_input_conv
-from ._names import named_arrays, replace_arrays
+from ._names import named_arrays, replace_arrays, strip_prefixes
 from ._report import ConversionError, LoadReport
 
 M = TypeVar("M")
@@ -132,17 +133,6 @@ def _as_tensor(value: Any, key: str) -> torch.Tensor:
     raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
 
 
-def _strip_data_parallel_prefix(state_dict: Mapping[str, Any], names: Mapping) -> Mapping:
-    # `nn.DataParallel`/DDP checkpoints prefix every key with "module." (timm strips it too).
-    if (
-        state_dict
-        and all(k.startswith("module.") for k in state_dict)
-        and not any(n.startswith("module.") for n in names)
-    ):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def load_state_dict(
     model: M,
     state_dict: Mapping[str, Any],
@@ -153,15 +143,21 @@ def load_state_dict(
     classifier: str | None = None,
     copy: bool = True,
     check_finite: bool = True,
+    warn: bool = True,
 ) -> tuple[M, LoadReport]:
     """Load a torch state_dict (torchvision, timm, or the zoo's CNN twin) into an Equinox model.
 
     **Arguments:**
 
     - `model`: the template; its arrays fix the expected keys, shapes and dtypes.
-    - `state_dict`: `{key: tensor}` with torch's names (a `module.` prefix is stripped).
-    - `strict`: raise `ConversionError` on any missing, unexpected, mis-shaped, mis-typed or
-      non-finite entry. With `strict=False` what fits is loaded and the rest reported.
+    - `state_dict`: `{key: tensor}` with torch's names. Wrapper prefixes (`module.`,
+      `_orig_mod.`, `model.`) are stripped (see `strip_prefixes`). Floating tensors are cast
+      to the model's floating dtype (a bfloat16 checkpoint loads into a float32 model), as
+      torch does; the casts are listed in `report.cast`. A missing `num_batches_tracked`
+      keeps the model's counter, as torch's BatchNorm does (`report.filled`).
+    - `strict`: raise `ConversionError` on any missing, unexpected, mis-shaped, mis-typed
+      (integer for float or the reverse) or non-finite entry. With `strict=False` what fits
+      is loaded and the rest reported, with a warning.
     - `adapt`: let a differing classifier shape re-initialise the head (the template's values
       are kept) and a differing first-conv channel count be adapted by timm's rule.
     - `first_conv`, `classifier`: module names for `adapt` (default: the model class's
@@ -170,19 +166,26 @@ def load_state_dict(
       with the state_dict where DLPack allows (no copy at all): only safe when nothing
       writes to those tensors afterwards, e.g. a state_dict freshly read from a file. A torch
       model that keeps training would change the JAX arrays under JAX's feet.
-    - `check_finite`: treat NaN/inf in a tensor as a problem.
+    - `check_finite`: treat NaN/inf in a tensor (after any cast) as a problem.
+    - `warn`: with `strict=False`, warn (`UserWarning`) when the report is not ok, so a
+      partial load is never silent. Pass `False` when the caller handles the report.
 
     **Returns:** `(model, report)`: the loaded model and a `LoadReport`.
     """
     names = named_arrays(model)
-    state_dict = _strip_data_parallel_prefix(state_dict, names)
+    state_dict = strip_prefixes(state_dict, names)
     first_conv = first_conv or getattr(type(model), "first_conv", None)
     classifier = classifier or getattr(type(model), "classifier", None)
     report = LoadReport()
+    # Tensors cast here are fresh copies the model may own: they cross without another copy.
     accepted: list[tuple[str, torch.Tensor, torch.dtype | None]] = []
+    owned: list[tuple[str, torch.Tensor, torch.dtype | None]] = []
     for name, target in names.items():
         if name not in state_dict:
-            report.missing_keys.append(name)
+            if name.rsplit(".", 1)[-1] == "num_batches_tracked":
+                report.filled.append(name)  # older checkpoints predate the counter
+            else:
+                report.missing_keys.append(name)
             continue
         tensor = _as_tensor(state_dict[name], name)
         expected_dtype = torch_dtype_for(target)
@@ -203,21 +206,35 @@ def load_state_dict(
             else:
                 report.shape_mismatches[name] = (tuple(target.shape), tuple(tensor.shape))
                 continue
-        if tensor.dtype != expected_dtype:
+        cast = tensor.dtype != expected_dtype
+        if cast and not (tensor.is_floating_point() and expected_dtype.is_floating_point):
             report.dtype_mismatches[name] = (str(expected_dtype), str(tensor.dtype))
             continue
+        if cast:
+            # Once, in torch, before the crossing; checked for finiteness after, since a
+            # float64 value can overflow float32.
+            report.cast[name] = (str(tensor.dtype), str(expected_dtype))
+            tensor = tensor.detach().to(expected_dtype)
         if check_finite and not _all_finite(tensor):
             report.non_finite.append(name)
             continue
-        accepted.append((name, tensor, _jax_storage_dtype(target)))
-    arrays = tensors_to_jax([t for _, t, _ in accepted], [d for _, _, d in accepted], copy=copy)
-    new = {name: array for (name, _, _), array in zip(accepted, arrays, strict=True)}
+        (owned if cast else accepted).append((name, tensor, _jax_storage_dtype(target)))
+    new = {}
+    for group, group_copy in ((accepted, copy), (owned, False)):
+        arrays = tensors_to_jax([t for _, t, _ in group], [d for _, _, d in group], copy=group_copy)
+        new |= {name: array for (name, _, _), array in zip(group, arrays, strict=True)}
     report.unexpected_keys = [k for k in state_dict if k not in names]
     if strict and not report.ok:
         raise ConversionError(
             report,
             "Pass strict=False to load what fits and get the report; for another num_classes "
             "or in_chans pass adapt=True (zoo.load does).",
+        )
+    if warn and not report.ok:
+        warnings.warn(
+            f"load_state_dict(strict=False): {report.summary()}\n(the returned report lists "
+            "every problem; pass warn=False if you handle it)",
+            stacklevel=2,
         )
     return replace_arrays(model, new), report
 

@@ -4,13 +4,18 @@
 state_dict key for the same tensor. Non-array leaves (flags such as `inference`) have no name.
 """
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import TypeVar
 
 import equinox as eqx
 import jax
 from jaxtyping import Array, PyTree
 
+T = TypeVar("T")
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+# What wrappers put in front of every key: DDP/DataParallel, torch.compile, a LightningModule's
+# `self.model`. They nest (`module._orig_mod.`) in any order.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def _path_to_name(path: tuple) -> str:
@@ -65,3 +70,36 @@ def split_params_buffers(model: PyTree) -> tuple[PyTree, PyTree, PyTree]:
         jax.tree_util.tree_unflatten(treedef, buffers),
         static,
     )
+
+
+def strip_prefixes(
+    state_dict: Mapping[str, T], names: Collection[str] | None = None
+) -> dict[str, T]:
+    """Remove the prefixes that wrappers add to every key: `module.` (DataParallel, DDP),
+    `_orig_mod.` (`torch.compile`) and `model.` (a LightningModule's `self.model`), repeatedly,
+    so `module._orig_mod.conv1.weight` becomes `conv1.weight`.
+
+    A prefix is stripped only when every key has it (a Lightning checkpoint that also saved a
+    loss's weights is not a bare model) and no name in `names` starts with it (a model whose
+    own attribute is `model`).
+
+    **Arguments:**
+
+    - `state_dict`: `{key: value}`; the values are passed through untouched.
+    - `names`: the model's own state_dict names, or `None` if no model is known.
+
+    **Returns:** a new dict with the stripped keys, in the same order.
+    """
+    names = () if names is None else names
+    out = dict(state_dict)
+    stripped = True
+    while out and stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in out) and not any(
+                n.startswith(prefix) for n in names
+            ):
+                out = {k[len(prefix) :]: v for k, v in out.items()}
+                stripped = True
+                break
+    return out

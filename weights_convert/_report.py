@@ -1,5 +1,6 @@
 """What a conversion found: the report returned by non-strict loads and raised by strict ones."""
 
+import collections
 import dataclasses
 
 
@@ -16,6 +17,10 @@ class LoadReport:
     - `non_finite`: keys whose tensor holds NaN or infinity (the model's value is kept).
     - `reinitialized`: classifier keys left at initialisation because `num_classes` differs.
     - `adapted`: first-conv keys adapted to another `in_chans` (timm's rule).
+    - `cast`: `{key: (from, to)}` torch dtype names of the floating tensors cast to the model's
+      floating dtype on load, as torch's `load_state_dict` does (not a problem).
+    - `filled`: `num_batches_tracked` counters the state_dict lacks; the model's own value is
+      kept, as torch's BatchNorm does (not a problem).
     """
 
     missing_keys: list[str] = dataclasses.field(default_factory=list)
@@ -27,6 +32,8 @@ class LoadReport:
     non_finite: list[str] = dataclasses.field(default_factory=list)
     reinitialized: list[str] = dataclasses.field(default_factory=list)
     adapted: list[str] = dataclasses.field(default_factory=list)
+    cast: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    filled: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -58,12 +65,45 @@ class LoadReport:
         lines += [f"non-finite values (NaN or inf) in {k!r}" for k in self.non_finite]
         return lines
 
-    def __str__(self) -> str:
-        lines = self.problems()
+    def summary(self, limit: int = 5) -> str:
+        """The problems in brief: a count per kind, then the first `limit` problem lines."""
+        kinds = {
+            "missing": self.missing_keys,
+            "unexpected": self.unexpected_keys,
+            "shape mismatches": self.shape_mismatches,
+            "dtype mismatches": self.dtype_mismatches,
+            "non-finite": self.non_finite,
+        }
+        counts = ", ".join(f"{len(v)} {k}" for k, v in kinds.items() if v)
+        problems = self.problems()
+        lines = [counts or "no problems", *problems[:limit]]
+        if len(problems) > limit:
+            lines.append(f"... and {len(problems) - limit} more")
+        return "\n  ".join(lines)
+
+    def notes(self) -> list[str]:
+        """One line per kind of accepted change (not a problem): summarised, since a cast
+        checkpoint casts every float key."""
+        lines = []
         if self.reinitialized:
             lines.append(f"re-initialised (num_classes differs): {', '.join(self.reinitialized)}")
         if self.adapted:
             lines.append(f"adapted to in_chans: {', '.join(self.adapted)}")
+        by_cast = collections.Counter(self.cast.values())
+        for (source, target), n in by_cast.items():
+            lines.append(
+                f"cast to {target.removeprefix('torch.')}: {n} key{'s' * (n != 1)} from {source}"
+            )
+        if self.filled:
+            n = len(self.filled)
+            lines.append(
+                f"kept the model's num_batches_tracked: {n} key{'s' * (n != 1)} absent from "
+                "the state_dict"
+            )
+        return lines
+
+    def __str__(self) -> str:
+        lines = self.problems() + self.notes()
         return "\n".join(lines) if lines else "all keys matched"
 
 

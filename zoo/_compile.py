@@ -1,10 +1,11 @@
-"""`zoo.jit`: `jax.jit` with the XLA options under which the zoo's models run fastest, and
+"""`zoo.jit`: `eqx.filter_jit` with the XLA options under which the zoo's models run fastest, and
 `zoo.fusion_barrier`, which keeps XLA:CPU from re-fusing a value's producers into its users."""
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -38,42 +39,103 @@ def _cpu_options_apply() -> bool:
     return True
 
 
-def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Any:
-    """`jax.jit(fun, **jit_kwargs)` with `CPU_COMPILER_OPTIONS` added to its
-    `compiler_options` (options given by the caller win).
+def jit(
+    fun: Callable[..., Any],
+    *,
+    donate_argnums: int | Sequence[int] = (),
+    compiler_options: dict[str, Any] | None = None,
+) -> Any:
+    """`eqx.filter_jit(fun)` with `CPU_COMPILER_OPTIONS` added to its `compiler_options`
+    (options given by the caller win).
+
+    As in `eqx.filter_jit`, every JAX or NumPy array in the arguments is traced and every
+    other leaf (the layers' `inference` flags, Python numbers, functions inside
+    `eqx.nn.Lambda`) is held static, so models mixing zoo and `eqx.nn` layers work; outputs
+    may hold non-array leaves too (a model returned by a train step).
 
     Every jitted entry point of the zoo (the JAX face, the torch face, `zoo.make_train_step`,
     the Lightning steps) is built with it; use it for your own functions over zoo models to
-    get the same CPU speed. Under a plain `jax.jit` the models compute the same function.
+    get the same CPU speed. Under a plain `eqx.filter_jit` the models compute the same
+    function.
 
     JAX accepts compiler options only on the outermost computation, so a call made while
-    tracing (inside your own `jax.jit`, `jax.grad` or `jax.vmap`) runs as a plain `jax.jit`
-    and the outer transformation's options apply. Off the CPU, or with a jaxlib that lacks
-    the option, it is a plain `jax.jit` too.
+    tracing (inside your own `jax.jit`, `jax.grad` or `jax.vmap`) runs as a plain
+    `eqx.filter_jit` and the outer transformation's options apply. Off the CPU, or with a
+    jaxlib that lacks the option, it is a plain `eqx.filter_jit` too.
 
     **Arguments:**
 
     - `fun`: the function to compile.
-    - `**jit_kwargs`: anything `jax.jit` takes (`static_argnums`, `donate_argnums`, ...).
+    - `donate_argnums`: positional arguments whose arrays XLA may reuse for the outputs (do
+      not use them after the call).
+    - `compiler_options`: more XLA options for the top-level computation.
 
     **Returns:** the jitted function; `.lower(...)` lowers the top-level version.
     """
-    caller_options = dict(jit_kwargs.pop("compiler_options", None) or {})
-    nested = jax.jit(fun, **jit_kwargs)
+    donated = frozenset((donate_argnums,) if isinstance(donate_argnums, int) else donate_argnums)
+    caller_options = dict(compiler_options or {})
+
+    def split(args: tuple) -> tuple[tuple, tuple]:
+        kept = tuple(None if i in donated else a for i, a in enumerate(args))
+        given = tuple(a if i in donated else None for i, a in enumerate(args))
+        return kept, given
+
+    def inner(kept_and_kwargs: tuple, given: tuple) -> Any:
+        kept, kwargs = kept_and_kwargs
+        args = [g if i in donated else k for i, (k, g) in enumerate(zip(kept, given, strict=True))]
+        return fun(*args, **kwargs)
+
+    # eqx.filter_jit donates every argument but the first: the kept ones travel there.
+    donate = "all-except-first" if donated else "none"
+    nested = eqx.filter_jit(inner, donate=donate)
 
     @functools.cache
     def top_level() -> Any:
         if not _cpu_options_apply():
-            return jax.jit(fun, compiler_options=caller_options or None, **jit_kwargs)
+            return eqx.filter_jit(inner, donate=donate, compiler_options=caller_options or None)
         options = CPU_COMPILER_OPTIONS | caller_options
-        return jax.jit(fun, compiler_options=options, **jit_kwargs)
+        return eqx.filter_jit(inner, donate=donate, compiler_options=options)
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
-        return (nested if _is_traced((args, kwargs)) else top_level())(*args, **kwargs)
+        kept, given = split(args)
+        compiled = nested if _is_traced((args, kwargs)) else top_level()
+        return compiled((kept, kwargs), given)
 
-    call.lower = lambda *args, **kwargs: top_level().lower(*args, **kwargs)  # type: ignore[attr-defined]
+    def lower(*args: Any, **kwargs: Any) -> "Lowered":
+        kept, given = split(args)
+        return Lowered(top_level().lower((kept, kwargs), given), split)
+
+    call.lower = lower  # type: ignore[attr-defined]
     return call
+
+
+class Lowered:
+    """`zoo.jit(f).lower(*args)`: as `jax.stages.Lowered` (`as_text`, `compile`), over
+    the same arguments as `f`."""
+
+    def __init__(self, lowered: Any, split: Callable[[tuple], tuple[tuple, tuple]]):
+        self._lowered, self._split = lowered, split
+
+    def as_text(self) -> str:
+        return self._lowered.as_text()
+
+    def compile(self, compiler_options: dict[str, Any] | None = None) -> "Compiled":
+        return Compiled(self._lowered.compile(compiler_options=compiler_options), self._split)
+
+
+class Compiled:
+    """A compiled `zoo.jit` function: call it as the original; `as_text()` is its HLO."""
+
+    def __init__(self, compiled: Any, split: Callable[[tuple], tuple[tuple, tuple]]):
+        self._compiled, self._split = compiled, split
+
+    def as_text(self) -> str:
+        return self._compiled.compiled.as_text()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kept, given = self._split(args)
+        return self._compiled((kept, kwargs), given)
 
 
 def _identity(x: Any) -> Any:

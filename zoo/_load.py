@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 import weights_convert as wc
@@ -20,42 +24,97 @@ if TYPE_CHECKING:
 
     from .adapters import TorchModel
 
+M = TypeVar("M")
 Framework = Literal["jax", "torch", "equinox"]
-TORCHVISION_TAGS = ("torchvision", "DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2")
+# Beside every tag of the model's torchvision weights enum (`ModelInfo.weight_tags`).
+DEFAULT_TAGS = ("torchvision", "DEFAULT")
+
+
+def _torchvision_tag(info: ModelInfo, weights: Any) -> str | None:
+    """The torchvision weights tag `weights` names (`"DEFAULT"`, `"IMAGENET1K_V2"`,
+    `"ResNet50_Weights.IMAGENET1K_V2"` or the enum member itself), or `None` if it names none
+    (a path). A tag for a model without torchvision weights, or one its enum lacks, is an
+    error that lists the tags."""
+    from ._sources import WeightsError  # torch
+
+    if hasattr(weights, "url") and hasattr(weights, "transforms"):  # a weights enum member
+        enum_name, tag = type(weights).__name__, weights.name
+    elif isinstance(weights, str):
+        enum_name, _, tag = weights.rpartition(".")
+        if not (enum_name.endswith("_Weights") or not enum_name):
+            return None  # a file name such as "model.safetensors"
+        if not enum_name and not (tag in DEFAULT_TAGS or tag.isupper()):
+            return None
+    else:
+        return None
+    if info.torchvision_weights is None:
+        raise WeightsError(f"torchvision has no pretrained weights for {info.name!r}")
+    if enum_name and enum_name != info.torchvision_weights:
+        raise WeightsError(
+            f"{enum_name} are not {info.name!r} weights; its enum is {info.torchvision_weights}"
+        )
+    tags = info.weight_tags()
+    if tag not in DEFAULT_TAGS and tag not in tags:
+        raise WeightsError(
+            f"{info.torchvision_weights} has no tag {tag!r}; its tags are "
+            f"{', '.join((*DEFAULT_TAGS, *tags))}"
+        )
+    return tag
 
 
 def resolve_weights(info: ModelInfo, weights: Any) -> tuple[dict[str, torch.Tensor], bool]:
-    """A state_dict from any supported source, and whether the zoo owns its tensors (a file it
-    just read: they can be shared without a copy) or the caller does (copy them)."""
-    from ._sources import WeightsError, read_weights_file, torchvision_state_dict  # torch
+    """A state_dict from any supported source (checkpoint wrappers and `module.`/Lightning
+    prefixes removed), and whether the zoo owns its tensors (a file it just read: they can
+    be shared without a copy) or the caller does (copy them)."""
+    from ._sources import canonical_state_dict, read_weights_file, torchvision_state_dict
 
     if isinstance(weights, Mapping):
-        return dict(weights), False
+        return canonical_state_dict(weights, "the state_dict passed as weights="), False
     if isinstance(weights, str) and weights.startswith(("hf-hub:", "local-dir:")):
         from .hub import source_state_dict
 
         return source_state_dict(weights, info), True
-    if isinstance(weights, str) and weights in TORCHVISION_TAGS:
-        if info.torchvision_weights is None:
-            raise WeightsError(f"torchvision has no pretrained weights for {info.name!r}")
-        return torchvision_state_dict(info.torchvision_weights, weights), True
+    tag = _torchvision_tag(info, weights)
+    if tag is not None:
+        return torchvision_state_dict(info.torchvision_weights, tag), True
     if isinstance(weights, str | os.PathLike):
         return read_weights_file(weights), True
     raise TypeError(
-        "weights must be None, a torch state_dict, a path to a .safetensors/.pth/.pt file, or "
-        f"one of {TORCHVISION_TAGS}; got {type(weights).__name__}"
+        "weights must be None, a torch state_dict, a path to a .safetensors/.pth/.pt file, "
+        "'DEFAULT' or a tag of the model's torchvision weights enum (zoo info NAME lists "
+        f"them); got {type(weights).__name__}"
     )
 
 
 def _infer(state_dict: Mapping[str, torch.Tensor], info: ModelInfo, kwargs: dict) -> None:
     # Without an explicit num_classes/in_chans, take the checkpoint's own (timm asks for them
     # explicitly; inferring spares users a mismatch error for a fine-tuned checkpoint).
-    head = state_dict.get(f"{info.pretrained_cfg['classifier']}.weight")
-    stem = state_dict.get(f"{info.pretrained_cfg['first_conv']}.weight")
-    if "num_classes" not in kwargs and head is not None and head.ndim == 2:
-        kwargs["num_classes"] = int(head.shape[0])
+    head = state_dict.get(f"{info.classifier}.weight")
+    stem = state_dict.get(f"{info.first_conv}.weight")
+    if "num_classes" not in kwargs:
+        if head is not None and head.ndim == 2:
+            kwargs["num_classes"] = int(head.shape[0])
+        elif head is None and not any(k.startswith(f"{info.classifier}.") for k in state_dict):
+            kwargs["num_classes"] = 0  # a headless checkpoint (timm's num_classes=0)
     if "in_chans" not in kwargs and stem is not None and stem.ndim == 4:
         kwargs["in_chans"] = int(stem.shape[1])
+
+
+def cast_floats(model: M, dtype: Any) -> M:
+    """`model` with its floating arrays cast to `dtype` (integer counters kept). The cast
+    runs in NumPy: eager `astype` would compile one XLA program per shape."""
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+
+    def cast(a: Any) -> Any:
+        if not eqx.is_inexact_array(a) or a.dtype == dtype:
+            return a
+        if isinstance(a, jax.core.Tracer):
+            return a.astype(dtype)
+        return jax.device_put(np.asarray(a).astype(dtype))
+
+    return jax.tree_util.tree_map(cast, model)
 
 
 def load(
@@ -67,6 +126,9 @@ def load(
     in_chans: int | None = None,
     strict: bool = True,
     key: PRNGKeyArray | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    dtype: Any = None,
     **kwargs: Any,
 ) -> Any:
     """Build a zoo model, optionally with weights, as a JAX or a torch object.
@@ -77,13 +139,20 @@ def load(
     - `framework`: `"jax"` (a `JaxModel`: jitted calls, train steps), `"torch"` (a
       `TorchModel`, an `nn.Module`), or `"equinox"` (the bare Equinox module, eval mode).
     - `weights`: `None` (fresh initialisation from `key`), a torch state_dict, a path to a
-      `.safetensors`/`.pth`/`.pt` file, or `"torchvision"`/`"IMAGENET1K_V1"` for torchvision's
-      own checkpoint (downloaded through torch's hub cache).
+      `.safetensors`/`.pth`/`.pt` file (checkpoint wrappers and `module.`/Lightning prefixes
+      removed), or `"DEFAULT"`, any tag of the model's torchvision weights enum
+      (`"IMAGENET1K_V2"`, `"ResNet50_Weights.IMAGENET1K_V2"`, or the enum member itself) for
+      torchvision's own checkpoint (downloaded through torch's hub cache).
     - `num_classes`, `in_chans`: as timm: a different `num_classes` than the checkpoint's
       re-initialises the classifier, a different `in_chans` adapts the first conv. When not
       given, the checkpoint's are used.
     - `strict`: raise on any key, shape or dtype that does not fit (see `weights_convert`).
     - `key`: PRNG key for the initialisation (default `jax.random.key(0)`).
+    - `features_only`, `out_indices`: as timm: a model without classifier whose calls
+      return the list of NCHW feature maps at `out_indices` (default all; see
+      `ZooModel.features_only` and `feature_info`).
+    - `dtype`: the floating dtype of the model's arrays (`jnp.bfloat16`, `jnp.float16`;
+      default float32); checkpoints are cast to it, as torch's `load_state_dict` casts.
     - `**kwargs`: architecture options (`zero_init_residual`, `groups`, ...).
 
     **Returns:** a `JaxModel`, a `TorchModel` or an Equinox module.
@@ -112,16 +181,19 @@ def load(
     if state_dict is not None:
         _infer(state_dict, info, kwargs)
     model = info.builder(key=jax.random.key(0) if key is None else key, **kwargs)
+    if dtype is not None:
+        model = cast_floats(model, dtype)
     if state_dict is not None:
         try:
-            model, _ = wc.load_state_dict(
+            model, report = wc.load_state_dict(
                 model,
                 state_dict,
                 strict=strict,
                 adapt=num_classes is not None or in_chans is not None,
-                first_conv=info.pretrained_cfg["first_conv"],
-                classifier=info.pretrained_cfg["classifier"],
+                first_conv=info.first_conv,
+                classifier=info.classifier,
                 copy=not owned,
+                warn=False,  # warned here, at the caller of zoo.load
             )
         except wc.ConversionError as e:
             if not isinstance(weights, str | os.PathLike):
@@ -132,7 +204,17 @@ def load(
                 "architecture? `zoo info` on the file shows what it holds; strict=False loads "
                 "what fits.)",
             ) from e
+        if not report.ok:
+            warnings.warn(
+                f"zoo.load({name!r}, strict=False): the weights did not fit everywhere; the "
+                f"rest keeps its initialisation. {report.summary()}",
+                stacklevel=2,
+            )
     model = eval_mode(model)
+    if features_only:
+        model = model.features_only(out_indices)
+    elif out_indices is not None:
+        raise TypeError("out_indices= applies only with features_only=True")
     if framework == "equinox":
         return model
     if framework == "torch":
@@ -157,8 +239,9 @@ def to_torchvision(face: JaxModel | TorchModel, name: str | None = None) -> torc
         state_dict = face.state_dict()
     else:
         state_dict = wc.to_state_dict(face.model if isinstance(face, JaxModel) else face)
-    head = state_dict[f"{info.pretrained_cfg['classifier']}.weight"]
-    stem = state_dict[f"{info.pretrained_cfg['first_conv']}.weight"]
-    native = info.torch_builder(num_classes=head.shape[0], in_chans=stem.shape[1])
+    head = state_dict.get(f"{info.classifier}.weight")
+    stem = state_dict[f"{info.first_conv}.weight"]
+    num_classes = 0 if head is None else head.shape[0]
+    native = info.torch_builder(num_classes=num_classes, in_chans=stem.shape[1])
     native.load_state_dict(state_dict, strict=True)
     return native.eval()

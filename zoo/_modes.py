@@ -1,8 +1,12 @@
-"""Switching a model between train and eval mode, as `nn.Module.train()`/`.eval()` do."""
+"""Switching a model between train and eval mode, as `nn.Module.train()`/`.eval()` do.
 
-import copy
+The `inference` flags are ordinary leaves, as in Equinox's own layers, so these are
+`eqx.nn.inference_mode` under torch's names, and they switch `eqx.nn` layers too.
+"""
+
 from typing import TypeVar
 
+import equinox as eqx
 import jax
 
 M = TypeVar("M")
@@ -12,27 +16,15 @@ def _has_mode(node: object) -> bool:
     return hasattr(node, "inference") and not isinstance(node, type)
 
 
-def _set_mode(model: M, inference: bool) -> M:
-    # `inference` is a static field (so plain jax.jit sees no bool leaf), which `eqx.tree_at`
-    # cannot replace: swap in shallow copies of the layers that carry it.
-    def swap(node):
-        if not _has_mode(node) or node.inference == inference:
-            return node
-        new = copy.copy(node)
-        object.__setattr__(new, "inference", inference)
-        return new
-
-    return jax.tree_util.tree_map(swap, model, is_leaf=_has_mode)
-
-
 def eval_mode(model: M) -> M:
-    """The model with every BatchNorm and Dropout in eval mode (`inference=True`)."""
-    return _set_mode(model, True)
+    """The model with every BatchNorm and Dropout (the zoo's and `eqx.nn`'s) in eval mode
+    (`inference=True`)."""
+    return eqx.nn.inference_mode(model, True)
 
 
 def train_mode(model: M) -> M:
     """The model with every BatchNorm and Dropout in train mode (`inference=False`)."""
-    return _set_mode(model, False)
+    return eqx.nn.inference_mode(model, False)
 
 
 def is_training(model: object) -> bool:

@@ -1,14 +1,20 @@
-"""The model registry: names -> builders and their pretrained configuration (timm's pattern)."""
+"""The model registry: names -> builders and their pretrained configuration (timm's pattern).
+
+Each architecture registers its models in its own file (`@register(ResNet, ...)` above each
+builder in `zoo/models/_resnet.py`); this module knows no architecture.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import models
+import equinox as eqx
+import jax
 
 if TYPE_CHECKING:
     import torch
@@ -16,6 +22,17 @@ if TYPE_CHECKING:
 # timm's ImageNet defaults; the torchvision checkpoints were trained with the same.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_DEFAULT_CFG: dict[str, Any] = {
+    "num_classes": 1000,
+    "input_size": (3, 224, 224),
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+}
+# How the registry-driven tests run a model (beside its config, as timm's `test_input_size`).
+_DEFAULT_TEST_CFG: dict[str, Any] = {"input_size": (3, 33, 33), "slow": False, "any_size": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +44,17 @@ class ModelInfo:
     - `name`: the registry name.
     - `builder`: `(**kwargs, key=...) -> Equinox model`.
     - `torch_builder`: `(**kwargs) -> torch.nn.Module` with the same state_dict keys
-      (torchvision's model, or the zoo's twin); used by `to_torchvision`.
+      (torchvision's model, or the zoo's twin); used by `to_torchvision` and the tests.
     - `torchvision_weights`: the torchvision weights enum name (e.g. `ResNet18_Weights`),
       whose entries carry the download URLs, or `None`.
     - `pretrained_cfg`: timm-style defaults (`num_classes`, `input_size`, `mean`, `std`,
-      `interpolation`, `crop_pct`, `first_conv`, `classifier`).
+      `interpolation`, `crop_pct`); `first_conv` and `classifier` come from the model class.
+    - `test_cfg`: how the registry-driven tests run it: `input_size` (small, odd), `slow`
+      (a large variant: tested in float64 at that size, only with `pytest -m large`),
+      `any_size` (False where only `input_size` works) and `no_dropout` (the constructor
+      options that turn dropout off, for elementwise train-mode parity).
+    - `timm_name`: the same architecture's name in timm (feature maps are compared), or
+      `None`.
     """
 
     name: str
@@ -39,17 +62,55 @@ class ModelInfo:
     torch_builder: Callable[..., torch.nn.Module] | None = None
     torchvision_weights: str | None = None
     pretrained_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)
+    test_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timm_name: str | None = None
+    model_class_hint: type | None = None
+
+    @functools.cached_property
+    def model_class(self) -> type:
+        """The class the builder returns (found without drawing any weights)."""
+        if self.model_class_hint is not None:
+            return self.model_class_hint
+        return type(eqx.filter_eval_shape(self.builder, key=jax.random.key(0)))
+
+    @property
+    def first_conv(self) -> str:
+        """The stem convolution's path (the model class's `first_conv`)."""
+        return self.pretrained_cfg.get("first_conv") or self.model_class.first_conv
+
+    @property
+    def classifier(self) -> str:
+        """The classifier's path (the model class's `classifier`)."""
+        return self.pretrained_cfg.get("classifier") or self.model_class.classifier
+
+    def weight_tags(self) -> list[str]:
+        """Every tag of the model's torchvision weights enum (`IMAGENET1K_V1`, ...), read
+        from torchvision (imports it); `[]` without torchvision weights."""
+        enum = self.weights_enum()
+        return [] if enum is None else list(enum.__members__)
+
+    def weights_enum(self) -> Any:
+        """torchvision's weights enum for this model (imports torchvision), or `None`."""
+        if self.torchvision_weights is None:
+            return None
+        import torchvision
+
+        return getattr(torchvision.models, self.torchvision_weights)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register_model(
     name: str,
     builder: Callable[..., Any],
     *,
-    torch_builder: Callable[..., torch.nn.Module] | None = None,
+    torch_builder: Callable[..., torch.nn.Module] | str | None = None,
     torchvision_weights: str | None = None,
+    test_cfg: dict[str, Any] | None = None,
+    timm_name: str | bool | None = None,
+    model_class: type | None = None,
     overwrite: bool = False,
     **pretrained_cfg: Any,
 ) -> ModelInfo:
@@ -61,7 +122,12 @@ def register_model(
     - `builder`: returns the Equinox model; it takes `key=` and the keyword options
       (`num_classes`, `in_chans`, ...). Its attribute paths should be the state_dict keys of
       `torch_builder`'s module, so weights convert by name.
-    - `torch_builder`, `torchvision_weights`: see `ModelInfo`.
+    - `torch_builder`: see `ModelInfo`; `"torchvision"` builds `torchvision.models.<name>`
+      (its stem convolution rebuilt for another `in_chans`, as timm does).
+    - `torchvision_weights`, `test_cfg`, `timm_name`: see `ModelInfo` (`timm_name=True`:
+      timm's name is `name`).
+    - `model_class`: the class `builder` returns (found by `eqx.filter_eval_shape` if not
+      given).
     - `overwrite`: replace an existing entry instead of raising.
     - `**pretrained_cfg`: timm-style defaults (`num_classes`, `input_size`, `mean`, ...).
 
@@ -69,19 +135,41 @@ def register_model(
     """
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"a model named {name!r} is registered already; pass overwrite=True")
-    cfg = {
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "interpolation": "bilinear",
-        "crop_pct": 0.875,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "first_conv": "conv1",
-        "classifier": "fc",
-    } | pretrained_cfg
-    info = ModelInfo(name, builder, torch_builder, torchvision_weights, cfg)
+    if torch_builder == "torchvision":
+        torch_builder = _torchvision_builder(name)
+    elif isinstance(torch_builder, str):
+        raise ValueError(
+            f"torch_builder must be a callable or 'torchvision', not {torch_builder!r}"
+        )
+    if timm_name is True:
+        timm_name = name
+    info = ModelInfo(
+        name,
+        builder,
+        torch_builder,
+        torchvision_weights,
+        _DEFAULT_CFG | pretrained_cfg,
+        _DEFAULT_TEST_CFG | dict(test_cfg or {}),
+        timm_name,
+        model_class,
+    )
     _REGISTRY[name] = info
     return info
+
+
+def register(model_class: type, **kwargs: Any) -> Callable[[F], F]:
+    """Decorator form of `register_model`, for a builder in its architecture's file: the
+    registry name is the function's name.
+
+        @register(ResNet, torch_builder="torchvision", torchvision_weights="ResNet18_Weights")
+        def resnet18(*, key=None, **kwargs) -> ResNet: ...
+    """
+
+    def decorate(builder: F) -> F:
+        register_model(builder.__name__, builder, model_class=model_class, **kwargs)
+        return builder
+
+    return decorate
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -102,50 +190,32 @@ def get_model_info(name: str) -> ModelInfo:
         ) from None
 
 
-def _torchvision(name: str) -> Callable[..., torch.nn.Module]:
+def _torchvision_builder(name: str) -> Callable[..., torch.nn.Module]:
     def build(**kwargs: Any) -> torch.nn.Module:
-        import torch
         import torchvision
 
         in_chans = kwargs.pop("in_chans", 3)
         model = getattr(torchvision.models, name)(**kwargs)
-        if in_chans != 3:  # torchvision has no in_chans option; timm swaps the stem conv too
-            model.conv1 = torch.nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        if in_chans != 3:  # torchvision has no in_chans option; timm rebuilds the stem too
+            first_conv = get_model_info(name).first_conv
+            model.set_submodule(
+                first_conv, _with_in_channels(model.get_submodule(first_conv), in_chans)
+            )
         return model
 
     return build
 
 
-def _small_cnn_torch(**kwargs: Any) -> torch.nn.Module:
-    return models.SmallCNNTorch(**kwargs)  # imports torch: only when a torch twin is built
+def _with_in_channels(conv: Any, in_chans: int) -> Any:
+    import torch
 
-
-_TORCHVISION_RESNETS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet50": "ResNet50_Weights",
-    "resnet101": "ResNet101_Weights",
-    "resnet152": "ResNet152_Weights",
-    "resnext50_32x4d": "ResNeXt50_32X4D_Weights",
-    "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
-    "resnext101_64x4d": "ResNeXt101_64X4D_Weights",
-    "wide_resnet50_2": "Wide_ResNet50_2_Weights",
-    "wide_resnet101_2": "Wide_ResNet101_2_Weights",
-}
-for _name, _weights in _TORCHVISION_RESNETS.items():
-    register_model(
-        _name,
-        getattr(models, _name),
-        torch_builder=_torchvision(_name),
-        torchvision_weights=_weights,
+    return torch.nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=conv.bias is not None,
     )
-register_model(
-    "cnn",
-    models.small_cnn,
-    torch_builder=_small_cnn_torch,
-    num_classes=10,
-    input_size=(3, 32, 32),
-    crop_pct=1.0,
-    mean=(0.5,),
-    std=(0.5,),
-)

@@ -10,7 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import torch
+
+from weights_convert import strip_prefixes
 
 StateDict = Mapping[str, torch.Tensor]
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -21,11 +25,12 @@ class WeightsError(ValueError):
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file as a state_dict, with a clear error for a corrupt file."""
+    """A `.safetensors` file as a state_dict (wrapper prefixes stripped, see
+    `canonical_state_dict`), with a clear error for a corrupt file."""
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        return canonical_state_dict(load_file(str(path)), str(path))
     except Exception as e:  # safetensors' Rust error type is not exported under a stable name
         raise WeightsError(
             f"{path} is not a readable safetensors file ({e}). It may be truncated or "
@@ -36,9 +41,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
     """A torch checkpoint (`.pth`/`.pt`/`.bin`/`.ckpt`), loaded with `weights_only=True`.
 
-    Checkpoints that wrap the weights (`{"state_dict": ...}`, `{"model": ...}`, timm's
-    `{"state_dict_ema": ...}`, Lightning's `{"state_dict": {"model.conv1.weight": ...}}`) are
-    unwrapped.
+    Checkpoints that wrap the weights are unwrapped (see `canonical_state_dict`).
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -50,20 +53,63 @@ def read_pickle(path: Path) -> dict[str, torch.Tensor]:
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise WeightsError(f"{path} is not a readable torch checkpoint ({e}).") from e
-    return unwrap_checkpoint(obj, str(path))
+    return canonical_state_dict(obj, str(path))
 
 
-def unwrap_checkpoint(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """The state_dict inside a checkpoint object (see `read_pickle`)."""
-    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
+# Where checkpoints keep the weights: torch's examples and Lightning, torchvision's reference
+# scripts ("model"), timm's train.py (its EMA copy only if there is no "state_dict").
+CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
+# What `weights_convert.load_state_dict` accepts as a value (see its `_as_tensor`).
+_ARRAY_TYPES = (torch.Tensor, np.ndarray, jax.Array)
+
+
+def canonical_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The bare state_dict inside a checkpoint object, whether read from a file or passed in
+    memory, so both load alike.
+
+    Wrapping dicts (`{"state_dict": ..., "epoch": 3}`, `{"model": ...}`,
+    `{"model_state_dict": ...}`, timm's `{"state_dict_ema": ...}`) are unwrapped, nested ones
+    too, then the prefixes of DDP (`module.`), `torch.compile` (`_orig_mod.`) and a
+    LightningModule's `self.model` (`model.`) are stripped (`weights_convert.strip_prefixes`).
+
+    **Arguments:**
+
+    - `obj`: the checkpoint: a state_dict or a dict wrapping one. Values may be torch tensors,
+      NumPy or JAX arrays.
+    - `source`: where it came from, for the error message.
+
+    **Returns:** a new `{key: tensor}` dict (the values are not copied).
+
+    **Raises:** `WeightsError` if `obj` holds no mapping of names to tensors.
+    """
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        inner = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
             break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{source} holds no state_dict (a mapping of names to tensors).")
-    if obj and all(k.startswith("model.") for k in obj):  # a LightningModule's `self.model`
-        obj = {k[len("model.") :]: v for k, v in obj.items()}
-    return dict(obj)
+        obj = inner
+    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        raise WeightsError(
+            f"{source} holds no state_dict (a mapping of names to tensors); {_describe(obj)}."
+        )
+    return strip_prefixes(obj)
+
+
+def _not_arrays(obj: Mapping) -> list:
+    return [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, _ARRAY_TYPES))]
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return not _not_arrays(obj)
+
+
+def _describe(obj: Any) -> str:
+    if not isinstance(obj, Mapping):
+        return f"it is a {type(obj).__name__}"
+    bad = _not_arrays(obj)[0]
+    return f"its entry {bad!r} is a {type(obj[bad]).__name__}"
+
+
+unwrap_checkpoint = canonical_state_dict  # the former name
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

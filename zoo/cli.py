@@ -128,11 +128,17 @@ def _cmd_info(args: argparse.Namespace) -> None:
         model, name = _load(source, args.arch)
     state_dict = wc.to_state_dict(model, copy=False)
     params = sum(t.numel() for k, t in state_dict.items() if not wc.is_buffer_name(k))
-    config = build_config(name, state_dict)
+    config = build_config(name, model)
     print(f"architecture: {name}")
     print(f"source:       {'registry (fresh initialisation)' if registered else source}")
     print(f"parameters:   {params:,}")
     print(f"tensors:      {len(state_dict)} in the state_dict")
+    info = zoo.get_model_info(name)
+    if info.torchvision_weights is not None:
+        tags = ", ".join(info.weight_tags())
+        print(f"weights:      DEFAULT, {tags} ({info.torchvision_weights}, downloaded on use)")
+    maps = ", ".join(f"{f.module} ({f.num_chs} ch, /{f.reduction})" for f in model.feature_info)
+    print(f"features:     {maps}")
     print("config:")
     print(json.dumps({k: v for k, v in config.items() if k != "zoo"}, indent=2))
 

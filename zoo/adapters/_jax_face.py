@@ -1,6 +1,6 @@
 """The JAX face: a zoo model with jitted entry points, still a plain Equinox pytree."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import equinox as eqx
@@ -15,6 +15,7 @@ from .._compile import _is_traced, jit
 from .._functional import LossFn, cross_entropy, make_train_step, trainable
 from .._modes import eval_mode, train_mode
 from ..layers import Conv2d
+from ..models import FeatureInfo
 
 
 @jit
@@ -45,6 +46,26 @@ def _eval_logits_hwio(kernels: tuple[Array, ...], model: Any, x: Array) -> Array
 
 
 @jit
+def _eval_features(model: Any, x: Array) -> Array:
+    return eval_mode(model).forward_features(x)[0]
+
+
+@jit
+def _eval_head(model: Any, x: Array, pre_logits: bool) -> Array:
+    return eval_mode(model).forward_head(x, pre_logits=pre_logits)
+
+
+@jit
+def _eval_intermediates(
+    model: Any, x: Array, indices: Any, intermediates_only: bool, stop_early: bool
+) -> Any:
+    out, _ = eval_mode(model).forward_intermediates(
+        x, indices=indices, intermediates_only=intermediates_only, stop_early=stop_early
+    )
+    return out
+
+
+@jit
 def _train_forward(model: Any, x: Array, key: PRNGKeyArray | None) -> tuple[Array, Any]:
     return train_mode(model)(x, key=key)
 
@@ -52,10 +73,12 @@ def _train_forward(model: Any, x: Array, key: PRNGKeyArray | None) -> tuple[Arra
 class JaxModel(eqx.Module):
     """`zoo.load(..., framework="jax")`: the Equinox model plus jitted functions over it.
 
-    Calling it on an NCHW float batch (JAX or NumPy) returns eval-mode logits from a jitted
-    computation. It is a pytree, so it also works inside `jax.jit` and `jax.vmap`, and under
-    `jax.grad` with respect to its float arrays (`eqx.filter_grad`, or `eqx.partition` with
-    `eqx.is_inexact_array`: the BatchNorm counters are integers).
+    Calling it on an NCHW float batch (JAX or NumPy) returns eval-mode logits (the list of
+    feature maps after `features_only`) from a jitted computation. The model contract's
+    methods (`forward_features`, `forward_head`, `forward_intermediates`, `feature_info`,
+    `reset_classifier`, ...) are here too, jitted. It is a pytree, so it also works inside
+    `eqx.filter_jit`, `eqx.filter_vmap` and `eqx.filter_grad` (its `inference` flags are
+    Python bools, as in `eqx.nn`), and `eqx.nn.inference_mode` switches it.
 
     **Fields:** `model` (the Equinox module, e.g. `zoo.models.ResNet`), `name` (registry name).
 
@@ -96,6 +119,54 @@ class JaxModel(eqx.Module):
             object.__setattr__(self, "_hwio_cache", memo)
         weights, kernels = memo
         return None if any(w.is_deleted() for w in weights) else kernels
+
+    # -- the model contract, jitted in eval mode (see `zoo.models.ZooModel`) ---------------
+    def forward_features(self, x: Float[Array, "batch channels height width"]) -> Array:
+        """The final NCHW feature map before pooling."""
+        return _eval_features(self.model, jnp.asarray(x))
+
+    def forward_head(self, x: Array, *, pre_logits: bool = False) -> Array:
+        """Pool an NCHW feature map and classify it (`pre_logits`: what the classifier sees)."""
+        return _eval_head(self.model, jnp.asarray(x), pre_logits)
+
+    def forward_intermediates(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        indices: int | Sequence[int] | None = None,
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+    ) -> Any:
+        """timm's `forward_intermediates` (see `ZooModel.forward_intermediates`), without
+        the returned model: `intermediates`, or `(final_features, intermediates)`."""
+        indices = tuple(indices) if isinstance(indices, Sequence) else indices
+        return _eval_intermediates(
+            self.model, jnp.asarray(x), indices, intermediates_only, stop_early
+        )
+
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        """The feature maps a call returns after `features_only` (else all the model offers)."""
+        return self.model.selected_feature_info
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def num_features(self) -> int:
+        return self.model.num_features
+
+    @property
+    def in_chans(self) -> int:
+        return self.model.in_chans
+
+    def get_classifier(self) -> Any:
+        return self.model.get_classifier()
+
+    def reset_classifier(self, num_classes: int, *, key: PRNGKeyArray | None = None) -> Self:
+        """This face with a new classifier (`ZooModel.reset_classifier`)."""
+        return self.replace(self.model.reset_classifier(num_classes, key=key))
 
     def train_forward(self, x: Array, *, key: PRNGKeyArray | None = None) -> tuple[Array, Self]:
         """Train-mode logits (batch statistics, dropout with `key`) and the face with its

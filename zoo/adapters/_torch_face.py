@@ -63,8 +63,10 @@ class _Program:
             i for i, n in enumerate(self.names) if is_buffer_name(n) and not _is_counter(n)
         ]
         self.counter_idx = [i for i, n in enumerate(self.names) if _is_counter(n)]
-        self.forward = jit(self._run, static_argnums=(0,))
-        self.forward_vjp = jit(self._forward_vjp, static_argnums=(0, 1))
+        # A features-only model returns a list of maps (see `ZooModel.features_only`).
+        self.many_outputs = getattr(model, "out_indices", None) is not None
+        self.forward = jit(self._run)  # `train` and `input_grad` are static (Python bools)
+        self.forward_vjp = jit(self._forward_vjp)
         self.backward = jit(lambda vjp, g: vjp(g))
 
     def _model(self, train: bool, params, buffers, counters) -> Any:
@@ -108,13 +110,15 @@ class _JaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, face: "TorchModel", x: torch.Tensor, *params: torch.Tensor):
         input_grad = ctx.needs_input_grad[1]
-        logits, vjp = face._forward_vjp(x, input_grad)
+        out, vjp = face._forward_vjp(x, input_grad)
         ctx.face, ctx.vjp, ctx.input_grad = face, vjp, input_grad
-        return logits
+        return tuple(out) if isinstance(out, list) else out
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        grads = ctx.face._program.backward(ctx.vjp, _to_jax(grad_output))
+    def backward(ctx, *grad_outputs: torch.Tensor):
+        many = ctx.face._program.many_outputs
+        cotangent = [_to_jax(g) for g in grad_outputs] if many else _to_jax(grad_outputs[0])
+        grads = ctx.face._program.backward(ctx.vjp, cotangent)
         ctx.vjp = None  # free the residuals, as torch frees saved tensors
         param_grads = grads[0]
         grad_x = torch.from_dlpack(grads[1]) if ctx.input_grad else None
@@ -147,7 +151,11 @@ class TorchModel(nn.Module):
         super().__init__()
         _keep_dynamo_out()
         self.name = name
+        # The model contract's facts (`zoo.models.ZooModel`), fixed at construction.
         self.in_chans = int(getattr(model, "in_chans", 3))
+        self.num_classes = int(getattr(model, "num_classes", 0))
+        self.num_features = int(getattr(model, "num_features", 0))
+        self.feature_info = tuple(getattr(model, "selected_feature_info", ()))
         self._program = _Program(model)
         for path, array in named_arrays(model).items():
             *parents, leaf = path.split(".")
@@ -247,20 +255,27 @@ class TorchModel(nn.Module):
 
     # -- compute ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for an NCHW float batch; differentiable w.r.t. the parameters and `x`."""
+        """Logits for an NCHW float batch (after `features_only`, the list of feature maps);
+        differentiable w.r.t. the parameters and `x`."""
         params = [p for p in self.parameters()]
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-            return _JaxFunction.apply(self, x, *params)
+            out = _JaxFunction.apply(self, x, *params)
+            return list(out) if self._program.many_outputs else out
         args, targets = self._arguments(x)
-        logits, new_flat = self._program.forward(self.training, *args)
+        out, new_flat = self._program.forward(self.training, *args)
         self._write_buffers(targets, new_flat)
-        return torch.from_dlpack(logits)
+        return _to_torch(out)
 
     def _forward_vjp(self, x: torch.Tensor, input_grad: bool):
         args, targets = self._arguments(x)
-        logits, new_flat, vjp = self._program.forward_vjp(self.training, input_grad, *args)
+        out, new_flat, vjp = self._program.forward_vjp(self.training, input_grad, *args)
         self._write_buffers(targets, new_flat)
-        return torch.from_dlpack(logits), vjp
+        return _to_torch(out), vjp
+
+
+def _to_torch(out: Any) -> Any:
+    """The face's output as torch: a tensor, or a list of them (feature maps)."""
+    return [torch.from_dlpack(o) for o in out] if isinstance(out, list) else torch.from_dlpack(out)
 
 
 def _keep_dynamo_out() -> None:

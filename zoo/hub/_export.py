@@ -20,6 +20,12 @@ CARD_NAME = "README.md"
 FORMAT_VERSION = 1
 
 
+def _equinox_model(model: Any) -> Any:
+    if isinstance(model, TorchModel):
+        return model.to_equinox()
+    return model.model if isinstance(model, JaxModel) else model
+
+
 def _name_and_state_dict(model: Any, name: str | None) -> tuple[str, dict[str, torch.Tensor]]:
     name = name or getattr(model, "name", None)
     if not name:
@@ -31,39 +37,34 @@ def _name_and_state_dict(model: Any, name: str | None) -> tuple[str, dict[str, t
         state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     else:
         # copy=False: saving only reads the tensors, so they may share the JAX arrays' memory.
-        equinox_model = model.model if isinstance(model, JaxModel) else model
-        state_dict = dict(wc.to_state_dict(equinox_model, copy=False))
+        state_dict = dict(wc.to_state_dict(_equinox_model(model), copy=False))
     return name, state_dict
-
-
-def _constructor_kwargs(model: Any) -> dict[str, Any]:
-    # What the state_dict does not pin down but the constructor needs to rebuild exactly.
-    if isinstance(model, TorchModel):
-        # Dropout rates live in the Equinox model's static fields, not in the state_dict.
-        equinox_model = model.to_equinox()
-    else:
-        equinox_model = model.model if isinstance(model, JaxModel) else model
-    dropout = getattr(equinox_model, "dropout", None)
-    if dropout is not None and hasattr(dropout, "p"):
-        return {"drop_rate": float(dropout.p)}
-    return {}
 
 
 def build_config(
     name: str,
-    state_dict: Mapping[str, torch.Tensor],
+    model: Any,
     *,
     label_names: Sequence[str] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`config.json`: timm's fields (so timm and the Hub read it) plus a `zoo` section."""
+    """`config.json`: timm's fields (so timm and the Hub read it) plus a `zoo` section.
+
+    **Arguments:**
+
+    - `name`: the registry name.
+    - `model`: the model (a face or the Equinox model); its contract (`num_classes`,
+      `num_features`, `in_chans`, `global_pool`, `first_conv`, `classifier`) fills the config.
+    - `label_names`: one name per class.
+    - `model_kwargs`: constructor options to record beside the contract's
+      (`ZooModel.config_kwargs`, e.g. the dropout rate).
+    """
     from .. import __version__
 
     info = get_model_info(name)
     cfg = info.pretrained_cfg
-    head = state_dict[f"{cfg['classifier']}.weight"]
-    stem = state_dict[f"{cfg['first_conv']}.weight"]
-    num_classes, num_features, in_chans = int(head.shape[0]), int(head.shape[1]), int(stem.shape[1])
+    eqx_model = _equinox_model(model)
+    num_classes, in_chans = int(eqx_model.num_classes), int(eqx_model.in_chans)
     if label_names is not None and len(label_names) != num_classes:
         raise ValueError(
             f"label_names has {len(label_names)} entries but the model has {num_classes} "
@@ -72,8 +73,8 @@ def build_config(
     config: dict[str, Any] = {
         "architecture": name,
         "num_classes": num_classes,
-        "num_features": num_features,
-        "global_pool": "avg",
+        "num_features": int(eqx_model.num_features),
+        "global_pool": eqx_model.global_pool,
     }
     if label_names is not None:
         config["label_names"] = list(label_names)
@@ -84,15 +85,15 @@ def build_config(
         "mean": list(cfg["mean"]),
         "std": list(cfg["std"]),
         "num_classes": num_classes,
-        "first_conv": cfg["first_conv"],
-        "classifier": cfg["classifier"],
+        "first_conv": eqx_model.first_conv,
+        "classifier": eqx_model.classifier,
     }
     config["zoo"] = {
         "format": FORMAT_VERSION,
         "name": name,
         "num_classes": num_classes,
         "in_chans": in_chans,
-        "kwargs": dict(model_kwargs or {}),
+        "kwargs": eqx_model.config_kwargs() | dict(model_kwargs or {}),
         "version": __version__,
     }
     return config
@@ -201,8 +202,8 @@ def save_pretrained(
     - `directory`: the folder to create.
     - `name`: the registry name (default: the face's `.name`).
     - `label_names`: one name per class, stored in `config.json` as timm does.
-    - `model_kwargs`: extra constructor options to record (`num_classes`, `in_chans` and the
-      dropout rate are recorded without asking).
+    - `model_kwargs`: extra constructor options to record (`num_classes`, `in_chans` and
+      the model's `config_kwargs()`, such as a dropout rate, are recorded without asking).
     - `repo_id`, `license`, `datasets`, `metrics` (`{"top1": 69.8}`), `tags`: the model card.
     - `overwrite`: replace an existing non-empty `directory` (still atomically).
 
@@ -218,8 +219,7 @@ def save_pretrained(
             f"{directory} exists and is not empty; pass overwrite=True to replace it"
         )
     name, state_dict = _name_and_state_dict(model, name)
-    kwargs = _constructor_kwargs(model) | dict(model_kwargs or {})
-    config = build_config(name, state_dict, label_names=label_names, model_kwargs=kwargs)
+    config = build_config(name, model, label_names=label_names, model_kwargs=model_kwargs)
     card = build_card(
         config, repo_id=repo_id, license=license, datasets=datasets, metrics=metrics, tags=tags
     )

@@ -14,7 +14,8 @@ class Dropout(eqx.Module):
     """
 
     p: float = eqx.field(static=True)
-    inference: bool = eqx.field(static=True)
+    # A leaf, as in `eqx.nn.Dropout`, so `eqx.nn.inference_mode` flips it.
+    inference: bool
 
     def __init__(self, p: float = 0.5, *, inference: bool = False):
         if not 0.0 <= p < 1.0:

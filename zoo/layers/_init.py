@@ -4,6 +4,11 @@ The draws come from NumPy, seeded by the JAX key: eager `jax.random` compiles on
 new shape, which made building a ResNet take over ten seconds on a CPU; NumPy takes
 milliseconds and stays deterministic in the key. The draws reach JAX through
 `jax.device_put`, which compiles nothing (`jnp.asarray` compiles a copy per new shape).
+
+Under a transformation (`eqx.filter_vmap` over keys for an ensemble, `eqx.filter_eval_shape`
+for a template, construction inside `jax.jit`) the key is a tracer NumPy cannot read, and the
+draws come from `jax.random` instead: the same distributions, other values than an eager
+build with the same key.
 """
 
 import math
@@ -12,6 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
+
+
+def _is_traced(key: PRNGKeyArray) -> bool:
+    return isinstance(key, jax.core.Tracer)
 
 
 def numpy_rng(key: PRNGKeyArray) -> np.random.Generator:
@@ -29,6 +38,8 @@ def torch_default_uniform(
     (`kaiming_uniform_(a=sqrt(5))` reduces to this bound for the weights.)
     """
     bound = np.float32(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
+    if _is_traced(key):
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
     unit = numpy_rng(key).random(shape, dtype=np.float32)  # float32 draws: 3x faster
     return jax.device_put((2 * unit - 1) * bound)
 
@@ -40,5 +51,7 @@ def kaiming_normal_fan_out(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[A
     """
     fan_out = shape[0] * math.prod(shape[2:])
     std = math.sqrt(2.0 / fan_out)
+    if _is_traced(key):
+        return jax.random.normal(key, shape, jnp.float32) * np.float32(std)
     draws = numpy_rng(key).standard_normal(shape, dtype=np.float32)  # float32 draws: 3x faster
     return jax.device_put(draws * np.float32(std))

@@ -1,6 +1,6 @@
 """BatchNorm with torch's exact semantics, its buffers held as fields named like torch's."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Self
 
 import equinox as eqx
@@ -31,7 +31,12 @@ class BatchNorm2d(eqx.Module):
 
     - `num_features`: the channel count `C`.
     - `eps`, `momentum`: as in torch (`1e-5`, `0.1`).
-    - `inference`: start in eval mode. Toggle with `zoo.eval_mode` / `zoo.train_mode`.
+    - `inference`: start in eval mode. Toggle with `zoo.eval_mode` / `zoo.train_mode` (or
+      `eqx.nn.inference_mode`).
+    - `axis_name`: in train mode, reduce the batch statistics over this mapped axis too
+      (`jax.vmap`, `shard_map`, `pmap`), as `eqx.nn.BatchNorm` and torch's `SyncBatchNorm`
+      do: the statistics of the global batch. `None`: this batch only. Under `jax.jit` with
+      a sharded batch no axis name is needed (the statistics are global already).
     """
 
     weight: Float[Array, " channels"]
@@ -40,11 +45,13 @@ class BatchNorm2d(eqx.Module):
     running_var: Float[Array, " channels"]
     # int32 here (JAX's default integer); exported back to torch as int64.
     num_batches_tracked: Int[Array, ""]
-    # Static, so plain `jax.jit`/`jax.grad` see no bool leaf; flip with `zoo.eval_mode`.
-    inference: bool = eqx.field(static=True)
+    # A leaf, as in `eqx.nn.BatchNorm`, so `eqx.nn.inference_mode` flips it; `eqx.filter_jit`
+    # (and `zoo.jit`) hold it static.
+    inference: bool
     num_features: int = eqx.field(static=True)
     eps: float = eqx.field(static=True)
     momentum: float | None = eqx.field(static=True)
+    axis_name: Hashable | Sequence[Hashable] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -53,8 +60,10 @@ class BatchNorm2d(eqx.Module):
         momentum: float | None = 0.1,
         *,
         inference: bool = False,
+        axis_name: Hashable | Sequence[Hashable] | None = None,
     ):
         self.num_features = num_features
+        self.axis_name = axis_name
         self.eps = eps
         self.momentum = momentum
         self.inference = inference
@@ -98,12 +107,14 @@ class BatchNorm2d(eqx.Module):
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
         count = x.size // self.num_features
-        mean = channel_sums(xs) / count
+        if self.axis_name is not None:
+            count = count * jax.lax.axis_size(self.axis_name)  # a Python int: static
+        mean = self._sync(channel_sums(xs)) / count
         # One centred batch serves the variance and the output, and `centred * centred`
         # (not `jnp.square`, whose derivative keeps `2 * centred` as well) makes it the only
         # batch-sized array `jax.vjp` saves here: the torch face's backward reads them all.
         centred = xs - expand(mean)
-        var = channel_sums(centred * centred) / count
+        var = self._sync(channel_sums(centred * centred)) / count
         if count < 2:
             raise ValueError(
                 "BatchNorm2d in train mode needs more than one value per channel (got "
@@ -125,6 +136,9 @@ class BatchNorm2d(eqx.Module):
             ),
         )
         return self._scale_shift(centred, var, expand).astype(x.dtype), updated
+
+    def _sync(self, sums: Array) -> Array:
+        return sums if self.axis_name is None else jax.lax.psum(sums, self.axis_name)
 
     def _normalise(
         self, x: Array, mean: Array, var: Array, expand: Callable[[Array], Array]

@@ -1,13 +1,11 @@
 """Fine-tuning the head only: the backbone runs in eval mode (BatchNorm normalises with, and
 keeps, its running statistics), the head in train mode (its dropout stays live).
 
-The head is the classifier (`fc` in the zoo's models) plus the model's top-level `Dropout`
-layers, which in the zoo's models feed the classifier (`fc(dropout(pooled))` in `SmallCNN`;
-the ResNets have none). `zoo.eval_mode`/`zoo.train_mode` switch a whole tree, so the mixed
-mode is built here from shallow copies, as `zoo._modes` does.
+The head is what the model contract names: `head_modules` (the classifier and any dropout
+before it, e.g. `SmallCNN`'s `("dropout", "fc")`; a ResNet's `("fc",)`). `zoo.eval_mode`/
+`zoo.train_mode` switch a whole tree, so the mixed mode is built here per field.
 """
 
-import copy
 from typing import Any, TypeVar
 
 import equinox as eqx
@@ -18,68 +16,54 @@ from ..layers import Dropout, Linear
 M = TypeVar("M")
 
 
-def head_names(model: Any, classifier: str) -> list[str]:
-    """The top-level fields of `model` that form its head: `classifier` and any `Dropout`.
+def head_names(model: Any) -> tuple[str, ...]:
+    """The top-level fields of `model` that form its head (`ZooModel.head_modules`).
 
-    **Raises:** `ValueError` if `model` has no top-level field `classifier`.
+    **Raises:** `ValueError` if `model` does not implement the contract.
     """
-    if not hasattr(model, classifier):
+    names = getattr(model, "head_modules", None)
+    if names is None:
         raise ValueError(
-            f"{type(model).__name__} has no top-level classifier {classifier!r}; "
-            "freeze_backbone needs the name of the final layer (set the model class's "
-            "`classifier` attribute, as timm's pretrained_cfg does)"
+            f"{type(model).__name__} does not say which fields form its head: freeze_backbone "
+            "needs a zoo model (zoo.models.ZooModel, whose head_modules names them)"
         )
-    fields = getattr(model, "__dataclass_fields__", {})
-    dropouts = [n for n in fields if isinstance(getattr(model, n, None), Dropout)]
-    return [classifier, *dropouts]
+    return tuple(names)
 
 
-def head_train_mode(model: M, classifier: str) -> M:
+def head_train_mode(model: M) -> M:
     """`model` with its backbone in eval mode and its head (see `head_names`) in train mode.
 
-    **Arguments:**
-
-    - `model`: a zoo Equinox model.
-    - `classifier`: the name of its final layer (`"fc"`).
-
-    **Returns:** a shallow copy of `model`; the arrays are shared.
+    **Returns:** a copy of `model`; the arrays are shared.
     """
     model = eval_mode(model)
-    new = copy.copy(model)
-    for name in head_names(model, classifier):
-        # Static `inference` flags: replace the submodule itself (eqx.tree_at would refuse
-        # a Dropout, which has no array leaves).
-        object.__setattr__(new, name, train_mode(getattr(model, name)))
-    return new
+    for name in head_names(model):
+        model = eqx.tree_at(
+            lambda m, name=name: getattr(m, name),
+            model,
+            train_mode(getattr(model, name)),
+            is_leaf=lambda x: x is None,
+        )
+    return model
 
 
-class _Identity(eqx.Module):
-    """Stands in for the head's layers when computing backbone features."""
-
-    def __call__(self, x: Any, *, key: Any = None) -> Any:
-        return x
-
-
-def split_head(model: Any, classifier: str) -> tuple[Any, float]:
-    """The backbone (head layers replaced by identities, so a call returns the pooled
-    features the head would see) and the head's dropout probability.
+def split_head(model: Any) -> tuple[Any, float]:
+    """The backbone (the model without classifier: a call returns the pooled features the
+    head sees) in eval mode, and the head's dropout probability.
 
     **Returns:** `(backbone, p)`; the head computes `classifier(dropout_p(features))`.
 
     **Raises:** `ValueError` where the head is not a `Linear` classifier with at most one
     dropout before it (torch mode cannot mirror it; use `mode="jax"`).
     """
-    names = head_names(model, classifier)
-    dropouts = names[1:]
-    if not isinstance(getattr(model, classifier), Linear) or len(dropouts) > 1:
+    names = head_names(model)
+    classifier = model.get_classifier()
+    dropouts = [n for n in names if isinstance(getattr(model, n), Dropout)]
+    others = [n for n in names if n not in dropouts and getattr(model, n) is not classifier]
+    if not isinstance(classifier, Linear) or len(dropouts) > 1 or others:
         raise ValueError(
             f"freeze_backbone in torch mode supports a Linear classifier with at most one "
-            f"Dropout before it; {type(model).__name__} has {classifier!r} = "
-            f"{type(getattr(model, classifier)).__name__} and dropouts {dropouts}. "
-            "Use mode='jax', which runs any head."
+            f"Dropout before it; {type(model).__name__}'s head is {names} with classifier "
+            f"{type(classifier).__name__}. Use mode='jax', which runs any head."
         )
     p = float(getattr(model, dropouts[0]).p) if dropouts else 0.0
-    backbone = copy.copy(model)
-    for name in names:
-        object.__setattr__(backbone, name, _Identity())
-    return eval_mode(backbone), p
+    return eval_mode(model.reset_classifier(0)), p

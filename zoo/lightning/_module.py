@@ -20,7 +20,6 @@ from .._compile import jit
 from .._functional import cross_entropy, trainable
 from .._load import load
 from .._modes import eval_mode, train_mode
-from .._registry import get_model_info
 from ..adapters import JaxModel, TorchModel
 from ._head import head_train_mode, split_head
 from ._parallel import eval_logits, make_data_parallel_step
@@ -181,12 +180,10 @@ class ImageClassifier(L.LightningModule):
                 **load_kwargs,
             )
             name = model
-            classifier = get_model_info(model).pretrained_cfg.get("classifier", "fc")
         else:
             eqx_model = _as_equinox(model)
             name = getattr(model, "name", "")
-            classifier = getattr(type(eqx_model), "classifier", "fc")
-        self.classifier_name = classifier
+        self.classifier_name = eqx_model.classifier
         self.model = TorchModel(eval_mode(eqx_model), name=name)
         self.model.train(not (freeze_backbone or not train_bn))
         # The Equinox template: the JAX state is rebuilt from `self.model`'s tensors by name.
@@ -230,7 +227,7 @@ class ImageClassifier(L.LightningModule):
     def _training_mode(self, model: Any) -> Any:
         """The Equinox model in the mode training runs it in (JAX mode)."""
         if self._head_only_train:
-            return head_train_mode(model, self.classifier_name)
+            return head_train_mode(model)
         return eval_mode(model) if self._eval_mode_training else train_mode(model)
 
     def _frozen_backbone_logits(self, x: Any) -> torch.Tensor:
@@ -238,7 +235,7 @@ class ImageClassifier(L.LightningModule):
         gradients needed: its parameters are frozen), then the head in torch, in train mode."""
         if self._frozen is None:
             # Rebuilt after load_state_dict; the frozen weights cannot change in between.
-            self._frozen = split_head(self.model.to_equinox(), self.classifier_name)
+            self._frozen = split_head(self.model.to_equinox())
         backbone, p = self._frozen
         features = torch.from_dlpack(eval_logits(backbone, jnp.asarray(_to_numpy(x))))
         head = getattr(self.model, self.classifier_name)

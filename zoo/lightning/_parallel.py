@@ -41,7 +41,7 @@ class DataParallel:
     def replicate(self, tree: Any) -> Any:
         """Every array leaf of `tree` replicated over the mesh."""
         return jax.tree_util.tree_map(
-            lambda a: jax.device_put(a, self.replicated) if eqx.is_array_like(a) else a, tree
+            lambda a: jax.device_put(a, self.replicated) if eqx.is_array(a) else a, tree
         )
 
     def shard_batch(self, *arrays: Any) -> tuple[jax.Array, ...]:

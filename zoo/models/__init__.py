@@ -1,9 +1,14 @@
-"""Equinox models whose attribute paths are torchvision's state_dict keys."""
+"""Equinox models whose attribute paths are torchvision's state_dict keys.
+
+Every architecture implements `ZooModel` (the model contract) and registers its variants in
+its own file; importing this package registers them all.
+"""
 
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
-from ._cnn import SmallCNN as SmallCNN, small_cnn as small_cnn
+from ._base import FeatureInfo as FeatureInfo, ZooModel as ZooModel
+from ._cnn import SmallCNN as SmallCNN, cnn as cnn, small_cnn as small_cnn
 from ._resnet import (
     BasicBlock as BasicBlock,
     Bottleneck as Bottleneck,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._compile import fusion_barrier
+from .._registry import register
 from ..layers import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -23,7 +24,7 @@ from ..layers import (
     kaiming_normal_fan_out as _kaiming,
     relu,
 )
-from ._checks import check_image_batch
+from ._base import FeatureInfo, ZooModel
 
 
 def _keys(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
@@ -186,7 +187,7 @@ def _run_layer(x: Array, layer: tuple[Block, ...]) -> tuple[Array, tuple[Block, 
     return x, tuple(new_blocks)
 
 
-class ResNet(eqx.Module):
+class ResNet(ZooModel):
     """torchvision's `ResNet`, as an Equinox module over NCHW batches.
 
     **Arguments:**
@@ -194,17 +195,20 @@ class ResNet(eqx.Module):
     - `block`: `BasicBlock` or `Bottleneck`.
     - `layers`: blocks per stage, e.g. `(2, 2, 2, 2)` for ResNet18.
     - `num_classes`, `zero_init_residual`, `groups`, `width_per_group`,
-      `replace_stride_with_dilation`: as in torchvision.
+      `replace_stride_with_dilation`: as in torchvision (`num_classes=0`: no `fc`, calls
+      return the pooled features, as in timm).
     - `in_chans`: input channels (3 in torchvision).
     - `key`: PRNG key for the initialisation (torchvision's scheme).
 
     **Returns** (of a call `model(x)`): `(logits, model)`, the second carrying the updated
-    BatchNorm buffers in train mode. Use `zoo.eval_mode(model)` for inference.
+    BatchNorm buffers in train mode. Use `zoo.eval_mode(model)` for inference. The rest of
+    the interface (`forward_features`, `forward_intermediates`, ...) is `ZooModel`'s.
     """
 
-    # timm's pretrained_cfg names: where the converter adapts in_chans and num_classes.
     first_conv: ClassVar[str] = "conv1"
     classifier: ClassVar[str] = "fc"
+    head_modules: ClassVar[tuple[str, ...]] = ("fc",)
+    global_pool: ClassVar[str] = "avg"
     conv1: Conv2d
     bn1: BatchNorm2d
     maxpool: MaxPool2d
@@ -213,10 +217,9 @@ class ResNet(eqx.Module):
     layer3: tuple[Block, ...]
     layer4: tuple[Block, ...]
     avgpool: AdaptiveAvgPool2d
-    fc: Linear
-    in_chans: int = eqx.field(static=True)
-    num_classes: int = eqx.field(static=True)
+    fc: Linear | None
     num_features: int = eqx.field(static=True)
+    feature_info: tuple[FeatureInfo, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -239,8 +242,6 @@ class ResNet(eqx.Module):
                 "replace_stride_with_dilation should be None or a 3-element tuple, got "
                 f"{replace_stride_with_dilation}"
             )
-        self.in_chans = in_chans
-        self.num_classes = num_classes
         self.conv1 = _conv(keys, in_chans, 64, 7, 2, 3)
         self.bn1 = BatchNorm2d(64)
         self.maxpool = MaxPool2d(3, 2, 1)
@@ -302,84 +303,118 @@ class ResNet(eqx.Module):
         self.layer3 = make_layer(256, layers[2], 2, replace_stride_with_dilation[1])
         self.layer4 = make_layer(512, layers[3], 2, replace_stride_with_dilation[2])
         self.num_features = 512 * block.expansion
-        self.fc = Linear(self.num_features, num_classes, key=next(keys))
+        fc_key = next(keys)
+        self.fc = Linear(self.num_features, num_classes, key=fc_key) if num_classes else None
+        # timm's feature maps: the stem's ReLU (torchvision's `relu`; timm calls it `act1`),
+        # then each stage; a dilated stage keeps the previous reduction.
+        info, reduction = [FeatureInfo(64, 2, "relu")], 4
+        for i, (dilate, planes) in enumerate(
+            zip((False, *replace_stride_with_dilation), (64, 128, 256, 512), strict=True)
+        ):
+            reduction *= 1 if (i == 0 or dilate) else 2
+            info.append(FeatureInfo(planes * block.expansion, reduction, f"layer{i + 1}"))
+        self.feature_info = tuple(info)
 
-    def __call__(
+    def _forward_stages(
+        self, x: Float[Array, "batch height width channels"], *, depth: int, key=None
+    ) -> tuple[list[Array], Self]:
+        del key  # no randomness in a ResNet
+        x, bn1 = self.bn1(self.conv1(x, channels_last=True), channels_last=True)
+        x = relu(x)
+        maps, layers = [x], []
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            if len(maps) >= depth:
+                layers.append(layer)  # not run: its buffers stay as they are
+                continue
+            if i == 0:
+                x = self.maxpool(x, channels_last=True)
+            x, layer = _run_layer(x, layer)
+            maps.append(x)
+            layers.append(layer)
+        new = eqx.tree_at(
+            lambda m: (m.bn1, m.layer1, m.layer2, m.layer3, m.layer4), self, (bn1, *layers)
+        )
+        return maps, new
+
+    def forward_head(
         self,
         x: Float[Array, "batch channels height width"],
         *,
-        key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "batch num_classes"], Self]:
-        del key  # no randomness in a ResNet; accepted so every zoo model shares one signature
-        check_image_batch(x, self.in_chans, type(self).__name__)
-        # NCHW outside, NHWC inside: XLA:CPU convolves in NHWC, so an NCHW graph pays a
-        # transpose copy around every convolution (21% of a 224x224 train step).
-        x = x.transpose(0, 2, 3, 1)
-        x, bn1 = self.bn1(self.conv1(x, channels_last=True), channels_last=True)
-        x = self.maxpool(relu(x), channels_last=True)
-        x, layer1 = _run_layer(x, self.layer1)
-        x, layer2 = _run_layer(x, self.layer2)
-        x, layer3 = _run_layer(x, self.layer3)
-        x, layer4 = _run_layer(x, self.layer4)
-        x = self.avgpool(x, channels_last=True).reshape(x.shape[0], -1)
-        logits = self.fc(x)
-        new = eqx.tree_at(
-            lambda m: (m.bn1, m.layer1, m.layer2, m.layer3, m.layer4),
-            self,
-            (bn1, layer1, layer2, layer3, layer4),
-        )
-        return logits, new
+        pre_logits: bool = False,
+        channels_last: bool = False,
+        key=None,
+    ) -> Float[Array, "batch out"]:
+        del key
+        x = self.avgpool(x, channels_last=channels_last).reshape(x.shape[0], -1)
+        return x if pre_logits or self.fc is None else self.fc(x)
+
+
+# Registration facts shared by the family: torchvision's builders and ImageNet's defaults;
+# timm has each under the same name with the same state_dict keys.
+_CFG = {"torch_builder": "torchvision", "timm_name": True}
+# The deep variants run in float64 at a tiny size, and only with `pytest -m slow`.
+_SLOW = {"input_size": (3, 32, 32), "slow": True}
 
 
 def _resnet(block, layers, key: PRNGKeyArray | None, **kwargs) -> ResNet:
     return ResNet(block, layers, key=jax.random.key(0) if key is None else key, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNet18_Weights", **_CFG)
 def resnet18(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNet-18 (torchvision `resnet18`). `key` defaults to `jax.random.key(0)`."""
     return _resnet(BasicBlock, (2, 2, 2, 2), key, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNet34_Weights", test_cfg=_SLOW, **_CFG)
 def resnet34(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNet-34 (torchvision `resnet34`)."""
     return _resnet(BasicBlock, (3, 4, 6, 3), key, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNet50_Weights", **_CFG)
 def resnet50(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNet-50 (torchvision `resnet50`, v1.5)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), key, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNet101_Weights", test_cfg=_SLOW, **_CFG)
 def resnet101(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNet-101 (torchvision `resnet101`)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), key, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNet152_Weights", test_cfg=_SLOW, **_CFG)
 def resnet152(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNet-152 (torchvision `resnet152`)."""
     return _resnet(Bottleneck, (3, 8, 36, 3), key, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNeXt50_32X4D_Weights", test_cfg=_SLOW, **_CFG)
 def resnext50_32x4d(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNeXt-50 32x4d (torchvision `resnext50_32x4d`)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), key, groups=32, width_per_group=4, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNeXt101_32X8D_Weights", test_cfg=_SLOW, **_CFG)
 def resnext101_32x8d(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNeXt-101 32x8d (torchvision `resnext101_32x8d`)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), key, groups=32, width_per_group=8, **kwargs)
 
 
+@register(ResNet, torchvision_weights="ResNeXt101_64X4D_Weights", test_cfg=_SLOW, **_CFG)
 def resnext101_64x4d(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNeXt-101 64x4d (torchvision `resnext101_64x4d`)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), key, groups=64, width_per_group=4, **kwargs)
 
 
+@register(ResNet, torchvision_weights="Wide_ResNet50_2_Weights", test_cfg=_SLOW, **_CFG)
 def wide_resnet50_2(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """Wide ResNet-50-2 (torchvision `wide_resnet50_2`)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), key, width_per_group=128, **kwargs)
 
 
+@register(ResNet, torchvision_weights="Wide_ResNet101_2_Weights", test_cfg=_SLOW, **_CFG)
 def wide_resnet101_2(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """Wide ResNet-101-2 (torchvision `wide_resnet101_2`)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), key, width_per_group=128, **kwargs)

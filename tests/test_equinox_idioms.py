@@ -1,0 +1,163 @@
+"""What an Equinox user does with a zoo model works: `eqx.nn.inference_mode`, models mixing
+zoo and `eqx.nn` layers, optimizers set up the usual Equinox way, construction under
+`filter_vmap`/`filter_eval_shape`/`jit`, cross-device BatchNorm, and a plain training loop
+that learns."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import max_abs_diff
+
+import weights_convert as wc
+import zoo
+
+
+def test_inference_mode_switches_zoo_models_and_faces():
+    model = zoo.models.resnet18(num_classes=3)
+    assert zoo.is_training(model)
+    frozen = eqx.nn.inference_mode(model)
+    assert not zoo.is_training(frozen)
+    assert zoo.is_training(eqx.nn.inference_mode(frozen, value=False))
+    face = zoo.load("cnn")
+    assert not zoo.is_training(face.model)
+    assert zoo.is_training(eqx.nn.inference_mode(face, value=False).model)
+    # Same structure in both modes: what trains in one mode fits the other.
+    assert jax.tree_util.tree_structure(eqx.filter(model, eqx.is_array)) == (
+        jax.tree_util.tree_structure(eqx.filter(frozen, eqx.is_array))
+    )
+
+
+class Mixed(eqx.Module):
+    """A zoo backbone under an `eqx.nn` head (dropout, a Lambda, a Linear)."""
+
+    backbone: zoo.models.ResNet
+    dropout: eqx.nn.Dropout
+    act: eqx.nn.Lambda
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.backbone = zoo.models.resnet18(num_classes=0, key=k1)
+        self.dropout = eqx.nn.Dropout(0.5)
+        self.act = eqx.nn.Lambda(jax.nn.gelu)
+        self.head = eqx.nn.Linear(512, 4, key=k2)
+
+    def __call__(self, x, *, key=None):
+        features, backbone = self.backbone(x)
+        features = self.dropout(self.act(features), key=key)
+        logits = jax.vmap(self.head)(features)
+        return logits, eqx.tree_at(lambda m: m.backbone, self, backbone)
+
+
+def test_models_mixing_eqx_nn_layers_train_and_run_in_faces():
+    model = Mixed(jax.random.key(0))
+    opt = optax.adamw(1e-3)
+    opt_state = opt.init(zoo.trainable(model))
+    step = zoo.make_train_step(opt, donate=False)
+    x, y = jnp.ones((4, 3, 32, 32)), jnp.arange(4)
+    new, _, loss, _ = step(model, opt_state, x, y, jax.random.key(1))
+    assert np.isfinite(float(loss)) and zoo.is_training(new)
+    assert new.dropout.inference is False  # the eqx.nn flag came back as it went in
+    assert int(new.backbone.bn1.num_batches_tracked) == 1
+    face = zoo.JaxModel(new, name="mixed")
+    assert face(np.ones((2, 3, 32, 32), np.float32)).shape == (2, 4)
+    assert face.replace(new).model.dropout.inference is True
+
+
+def test_usual_equinox_optimizer_and_trainable_agree_in_either_mode():
+    model = zoo.models.resnet18(num_classes=3)
+    for mode in (zoo.train_mode, zoo.eval_mode):
+        params = zoo.trainable(mode(model))
+        names = wc.named_arrays(params)
+        assert names and not any(wc.is_buffer_name(n) for n in names)
+        grads = eqx.filter_grad(
+            lambda p, m: zoo.forward(eqx.combine(p, m), jnp.ones((2, 3, 32, 32))).sum()
+        )(params, mode(model))
+        assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
+
+
+def test_construction_under_transformations_and_eager_builds_compile_nothing():
+    keys = jax.random.split(jax.random.key(0), 3)
+    ensemble = eqx.filter_vmap(lambda k: zoo.models.resnet18(num_classes=2, key=k))(keys)
+    assert ensemble.conv1.weight.shape == (3, 64, 3, 7, 7)
+    assert not bool(jnp.all(ensemble.conv1.weight[0] == ensemble.conv1.weight[1]))
+    logits, _ = eqx.filter_vmap(lambda m, x: zoo.eval_mode(m)(x))(
+        ensemble, jnp.ones((3, 2, 3, 32, 32))
+    )
+    assert logits.shape == (3, 2, 2)
+    template = eqx.filter_eval_shape(zoo.models.resnet50, key=jax.random.key(0))
+    assert isinstance(template.fc.weight, jax.ShapeDtypeStruct)
+    assert template.fc.weight.shape == (1000, 2048)
+    built = eqx.filter_jit(lambda k: zoo.models.cnn(key=k))(jax.random.key(1))
+    assert built.fc.weight.shape == (10, 256) and built.bn1.inference is False
+
+
+def test_batchnorm_axis_name_gives_the_global_batch_statistics():
+    """Under `shard_map` over 2 host devices, `axis_name` BatchNorm equals one BatchNorm on
+    the whole batch (outputs and running statistics)."""
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.fail("conftest sets XLA_FLAGS for 2 host devices; JAX started before it")
+    mesh = Mesh(np.asarray(devices[:2]), ("data",))
+    x = jax.random.normal(jax.random.key(0), (8, 5, 6, 6)) * 3 + 1
+    single = zoo.layers.BatchNorm2d(5)
+    synced = zoo.layers.BatchNorm2d(5, axis_name="data")
+    want, want_bn = single(x)
+    dynamic, static = eqx.partition(synced, eqx.is_array)
+
+    def shard(x, dynamic):
+        y, bn = eqx.combine(dynamic, static)(x)
+        return y, eqx.filter(bn, eqx.is_array)
+
+    run = jax.jit(
+        jax.shard_map(shard, mesh=mesh, in_specs=(P("data"), P()), out_specs=(P("data"), P()))
+    )
+    got, got_bn = run(x, dynamic)
+    assert max_abs_diff(got, want) <= 1e-5
+    assert max_abs_diff(got_bn.running_var, want_bn.running_var) <= 1e-6
+    assert max_abs_diff(got_bn.running_mean, want_bn.running_mean) <= 1e-6
+    local, _ = single(x[:4])  # without the axis name each device would see half the batch
+    assert max_abs_diff(local, got[:4]) > 1e-3
+
+
+def _digits_32(seed: int = 0):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor((digits.images / 16.0).astype(np.float32))[:, None]
+    x = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) - 0.5) / 0.5
+    return train_test_split(
+        x.numpy(), digits.target, test_size=0.2, random_state=seed, stratify=digits.target
+    )
+
+
+@pytest.mark.slow
+def test_a_plain_training_loop_teaches_the_cnn_digits():
+    """Adam 2e-3, batch 64, 6 epochs on digits at 32x32, grayscale: >= 0.95 held-out."""
+    x_train, x_test, y_train, y_test = _digits_32()
+    model = zoo.train_mode(zoo.load("cnn", framework="equinox", in_chans=1))
+    optimizer = optax.adam(2e-3)
+    step = zoo.make_train_step(optimizer)
+    rng = np.random.default_rng(0)
+    key = jax.random.key(0)
+    opt_state = optimizer.init(zoo.trainable(model))
+    for _ in range(6):
+        order = rng.permutation(len(x_train))
+        for start in range(0, len(order), 64):
+            batch = order[start : start + 64]
+            if len(batch) < 2:
+                continue
+            key, sub = jax.random.split(key)
+            model, opt_state, _, _ = step(model, opt_state, x_train[batch], y_train[batch], sub)
+    logits = zoo.JaxModel(model, name="cnn")(x_test)
+    accuracy = float((np.asarray(logits).argmax(1) == y_test).mean())
+    print(f"cnn held-out accuracy after 6 epochs: {accuracy:.4f}")
+    assert accuracy >= 0.95

@@ -1,0 +1,244 @@
+"""Every registered architecture, tested because it is registered: eval parity, train-mode
+parity (outputs, running statistics, gradients), both faces, the model contract, feature maps
+against timm, and the Hub round trip.
+
+Each model runs at its `test_cfg["input_size"]` (declared beside its registration). Models
+whose `test_cfg["slow"]` is set (the deep variants) are compared in float64 at that size, with
+`pytest -m large`; the default run covers the smallest variant of each family at full fidelity.
+"""
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from conftest import (
+    assert_deep_parity,
+    eval_logits,
+    max_abs_diff,
+    randomize_batchnorm,
+    to_float64,
+)
+
+import weights_convert as wc
+import zoo
+
+ALL = zoo.list_models()
+DEFAULT = [n for n in ALL if not zoo.get_model_info(n).test_cfg["slow"]]
+LARGE = [n for n in ALL if zoo.get_model_info(n).test_cfg["slow"]]
+WITH_TIMM = [n for n in DEFAULT if zoo.get_model_info(n).timm_name]
+
+
+def reference_pair(name: str, seed: int = 0, **kwargs):
+    """The torch twin (random weights, randomised BatchNorm statistics) and the zoo model
+    loaded with its state_dict (eval mode)."""
+    info = zoo.get_model_info(name)
+    torch.manual_seed(seed)
+    reference = randomize_batchnorm(info.torch_builder(**kwargs), seed)
+    model = zoo.load(name, framework="equinox", weights=reference.state_dict(), **kwargs)
+    return reference, model
+
+
+def sample_input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    channels, height, width = zoo.get_model_info(name).test_cfg["input_size"]
+    return torch.randn(
+        batch, channels, height, width, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def no_dropout(name: str) -> dict:
+    """Constructor options that turn dropout off: torch's and JAX's draws differ by design."""
+    return dict(zoo.get_model_info(name).test_cfg.get("no_dropout", {}))
+
+
+def test_every_model_declares_its_facts():
+    assert {"cnn", "resnet18", "resnet50"} <= set(DEFAULT)
+    for name in ALL:
+        info = zoo.get_model_info(name)
+        assert issubclass(info.model_class, zoo.models.ZooModel), name
+        assert info.torch_builder is not None, name
+        channels, height, width = info.test_cfg["input_size"]
+        assert channels == 3 and height * width <= 64 * 64, name
+
+
+# -- parity -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DEFAULT)
+def test_eval_parity(name):
+    reference, model = reference_pair(name)
+    assert_deep_parity(reference, model, sample_input(name), name)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("name", LARGE)
+def test_eval_parity_large_float64(name):
+    """The deep variants, in float64 only (their fp32 error is torch's own rounding)."""
+    reference, model = reference_pair(name)
+    x = sample_input(name)
+    with torch.no_grad():
+        ref64 = reference.double().eval()(x.double()).numpy()
+    with jax.enable_x64(True):
+        ours = np.asarray(eval_logits(to_float64(model), jnp.asarray(x.double().numpy())))
+    assert float(np.abs(ours - ref64).max()) <= 1e-10
+
+
+@eqx.filter_jit
+def _loss_and_grads(model, x, labels):
+    return zoo.loss_and_grads(model, x, labels)
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_train_mode_parity_float64(name):
+    """Two train-mode steps' logits, running statistics and counters, and the gradients, in
+    float64 on both sides (no fp32 rounding near a ReLU or max-pool kink to dodge)."""
+    reference, model = reference_pair(name, **no_dropout(name))
+    reference.double().train()
+    labels = torch.tensor([1, 0, 3, 2])
+    with jax.enable_x64(True):
+        model = zoo.train_mode(to_float64(model))
+        for step in range(2):
+            x = sample_input(name, batch=4, seed=step).double()
+            reference.zero_grad()
+            logits_ref = reference(x)
+            torch.nn.functional.cross_entropy(logits_ref, labels).backward()
+            (_, logits, model), grads = _loss_and_grads(
+                model, jnp.asarray(x.numpy()), jnp.asarray(labels.numpy())
+            )
+            assert max_abs_diff(logits, logits_ref) <= 1e-10, step
+            ours = wc.to_state_dict(model)
+            for key, value in reference.state_dict().items():
+                if key.endswith("num_batches_tracked"):
+                    assert int(ours[key]) == int(value), key
+                elif "running" in key:
+                    assert float((ours[key].double() - value).abs().max()) <= 1e-10, key
+            ours_grads = {k: np.asarray(v) for k, v in wc.named_arrays(grads).items()}
+            expected = {k: p.grad.numpy() for k, p in reference.named_parameters()}
+            assert ours_grads.keys() == expected.keys()
+            for key, g in expected.items():
+                np.testing.assert_allclose(
+                    ours_grads[key], g, rtol=1e-9, atol=1e-9 * np.abs(g).max(), err_msg=key
+                )
+
+
+# -- faces --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DEFAULT)
+def test_both_faces_compute_the_equinox_model(name):
+    reference, model = reference_pair(name)
+    x = sample_input(name)
+    plain = eval_logits(model, jnp.asarray(x.numpy()))
+    jax_face = zoo.JaxModel(model, name=name)
+    torch_face = zoo.TorchModel(model, name=name)
+    # The JAX face reads HWIO kernels, which may reorder a convolution's sums (~1e-6).
+    assert max_abs_diff(jax_face(x.numpy()), plain) <= 1e-5
+    with torch.no_grad():
+        assert max_abs_diff(torch_face(x), plain) <= 1e-5  # zoo.jit: other conv kernels
+    assert torch_face.state_dict().keys() == reference.state_dict().keys()
+    for face in (jax_face, torch_face):
+        assert (face.num_classes, face.in_chans) == (model.num_classes, model.in_chans)
+        assert face.num_features == model.num_features
+
+
+# -- the contract -------------------------------------------------------------------------------
+@eqx.filter_jit
+def _call(model, x):
+    return model(x)[0]
+
+
+@eqx.filter_jit
+def _features_and_head(model, x):
+    features, _ = model.forward_features(x)
+    return features, model.forward_head(features), model.forward_head(features, pre_logits=True)
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_contract_head_and_classifier(name):
+    model = zoo.load(name, framework="equinox", num_classes=7)
+    x = jnp.asarray(sample_input(name).numpy())
+    assert (model.num_classes, model.in_chans) == (7, 3)
+    features, logits, pooled = _features_and_head(model, x)
+    assert features.shape[:2] == (2, model.num_features)
+    assert max_abs_diff(logits, _call(model, x)) <= 1e-6
+    assert pooled.shape == (2, model.head_hidden_size)
+    headless = model.reset_classifier(0)
+    assert headless.num_classes == 0 and headless.get_classifier() is None
+    assert max_abs_diff(_call(headless, x), pooled) <= 1e-6
+    five = model.reset_classifier(5, key=jax.random.key(3))
+    assert five.num_classes == 5 and _call(five, x).shape == (2, 5)
+    assert zoo.load(name, num_classes=0)(np.asarray(x)).shape == (2, model.head_hidden_size)
+    grey = zoo.load(name, framework="equinox", in_chans=1, num_classes=7)
+    assert grey.in_chans == 1 and _call(grey, x[:, :1]).shape == (2, 7)
+    with pytest.raises(ValueError, match="input channels"):
+        grey(x)
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_feature_info_describes_the_maps(name):
+    model = zoo.load(name, framework="equinox")
+    test_cfg = zoo.get_model_info(name).test_cfg
+    size = 64 if test_cfg["any_size"] else test_cfg["input_size"][1]
+    x = jnp.zeros((2, 3, size, size))
+    face = zoo.JaxModel(model, name=name)  # the contract's methods, jitted
+    maps = face.forward_intermediates(x, intermediates_only=True)
+    assert len(maps) == len(model.feature_info)
+    for info, fmap in zip(model.feature_info, maps, strict=True):
+        side = size // info.reduction
+        assert fmap.shape == (2, info.num_chs, side, side), info
+    final, last_two = face.forward_intermediates(x, indices=2)
+    assert [m.shape for m in last_two] == [m.shape for m in maps[-2:]]
+    assert max_abs_diff(final, face.forward_features(x)) == 0.0
+    early = face.forward_intermediates(x, indices=[0, -1], stop_early=True)
+    assert len(early[1]) == 2
+    with pytest.raises(ValueError, match="out of range"):
+        face.forward_intermediates(x, indices=[len(maps)])
+    face = zoo.load(name, features_only=True, out_indices=(-2, -1))
+    assert face.feature_info == model.feature_info[-2:]
+    assert [m.shape for m in face(np.asarray(x))] == [m.shape for m in maps[-2:]]
+    torch_face = zoo.load(name, framework="torch", features_only=True, out_indices=(0,))
+    with torch.no_grad():
+        (first,) = torch_face(torch.zeros(2, 3, size, size))
+    assert max_abs_diff(first, maps[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("name", WITH_TIMM)
+def test_feature_maps_equal_timms(name):
+    """`features_only=True` gives timm's maps at timm's indices, for the same weights (both
+    in float64: the deeper maps are unnormalised sums of ~1e2, where fp32 rounds at ~1e-5)."""
+    timm = pytest.importorskip("timm")
+    info = zoo.get_model_info(name)
+    reference, model = reference_pair(name)
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith(info.classifier)}
+    theirs = timm.create_model(info.timm_name, features_only=True, pretrained=False)
+    theirs.load_state_dict(state, strict=True)
+    assert theirs.feature_info.channels() == [f.num_chs for f in model.feature_info]
+    assert theirs.feature_info.reduction() == [f.reduction for f in model.feature_info]
+    x = sample_input(name)
+    with torch.no_grad():
+        expected = theirs.double().eval()(x.double())
+    with jax.enable_x64(True):
+        ours, _ = eqx.filter_jit(lambda m, x: m(x))(
+            zoo.eval_mode(to_float64(model.features_only())), jnp.asarray(x.double().numpy())
+        )
+    assert len(ours) == len(expected)
+    for a, b in zip(ours, expected, strict=True):
+        assert float(np.abs(np.asarray(a) - b.numpy()).max()) <= 1e-10
+
+
+# -- Hub round trip -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DEFAULT)
+def test_hub_round_trip(name, tmp_path):
+    _, model = reference_pair(name, num_classes=6)
+    face = zoo.JaxModel(model, name=name)
+    folder = zoo.save_pretrained(face, tmp_path / name)
+    back = zoo.load(f"local-dir:{folder}")
+    ours, theirs = wc.to_state_dict(model), wc.to_state_dict(back.model)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["num_classes"], config["num_features"]) == (6, model.num_features)
+    native = zoo.get_model_info(name).torch_builder(num_classes=6)
+    native.load_state_dict(safetensors.torch.load_file(folder / "model.safetensors"), strict=True)
+    x = sample_input(name)
+    with torch.no_grad():
+        assert max_abs_diff(native.eval()(x), face(x.numpy())) <= 1e-5

@@ -1,0 +1,244 @@
+"""The model contract: what every zoo architecture implements (timm's interface, in Equinox).
+
+Consumers (the faces, the converter, Hub export, Lightning, the CLI, the tests and the
+benchmarks) use only what is declared here, never an architecture's field names. An
+architecture provides its stages (`_forward_stages`), its head (`forward_head`), the paths
+of its first convolution and classifier, and its `feature_info`; the rest follows.
+
+Every call that runs BatchNorm returns the model beside its result, carrying the updated
+buffers in train mode (`(logits, model)`), as the zoo's layers do.
+"""
+
+import abc
+import copy
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Self
+
+import equinox as eqx
+import jax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..layers import Linear
+from ._checks import check_image_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map an architecture offers (timm's `feature_info` entry).
+
+    **Fields:**
+
+    - `num_chs`: its channel count.
+    - `reduction`: the input's height (and width) over the map's.
+    - `module`: the torch module whose output it is (torchvision's name).
+    """
+
+    num_chs: int
+    reduction: int
+    module: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """timm's form: `{"num_chs": ..., "reduction": ..., "module": ...}`."""
+        return dataclasses.asdict(self)
+
+
+def _is_none(x: object) -> bool:
+    return x is None
+
+
+def _get_path(model: Any, path: str) -> Any:
+    node = model
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def _normalise_indices(indices: int | Sequence[int] | None, count: int) -> tuple[int, ...]:
+    """timm's rule: `None` all maps, an int `n` the last `n`, a sequence those (negative
+    from the end). Sorted, so maps come out shallow to deep."""
+    if indices is None:
+        return tuple(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices}: this model has {count} feature maps")
+        return tuple(range(count - indices, count))
+    out = []
+    for i in indices:
+        if not -count <= i < count:
+            raise ValueError(
+                f"feature index {i} is out of range: this model has {count} feature maps "
+                f"(indices 0..{count - 1}, or negative from the end)"
+            )
+        out.append(i % count)
+    return tuple(sorted(set(out)))
+
+
+class ZooModel(eqx.Module):
+    """The interface every zoo architecture implements (timm's model API).
+
+    **Class facts** (per architecture):
+
+    - `first_conv`, `classifier`: attribute paths of the stem convolution and the final
+      `Linear` (timm's `pretrained_cfg` names, e.g. `"conv1"` and `"fc"`); the converter
+      adapts them for another `in_chans` or `num_classes`.
+    - `head_modules`: the top-level fields `forward_head` uses (the classifier and any
+      dropout before it); a frozen backbone keeps everything else in eval mode.
+    - `global_pool`: timm's name for the pooling (`"avg"`).
+
+    **Fields:** `num_features` (the channels `forward_head` pools), `feature_info` (a
+    `FeatureInfo` per map `forward_intermediates` offers), `out_indices` (`None`; set by
+    `features_only`, the maps a call returns).
+
+    **Derived:** `num_classes` and `in_chans` are read from the classifier and the stem, so
+    they cannot go stale when either is replaced.
+    """
+
+    first_conv: eqx.AbstractClassVar[str]
+    classifier: eqx.AbstractClassVar[str]
+    head_modules: eqx.AbstractClassVar[tuple[str, ...]]
+    global_pool: eqx.AbstractClassVar[str]
+    num_features: eqx.AbstractVar[int]
+    feature_info: eqx.AbstractVar[tuple[FeatureInfo, ...]]
+    out_indices: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True)
+
+    # -- what an architecture implements ---------------------------------------------------
+    @abc.abstractmethod
+    def _forward_stages(
+        self, x: Float[Array, "batch height width channels"], *, depth: int, key: PRNGKeyArray
+    ) -> tuple[list[Array], Self]:
+        """The outputs (NHWC) of the first `depth` maps of `feature_info` (stopping there),
+        and the model with the buffers those stages updated."""
+
+    @abc.abstractmethod
+    def forward_head(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        pre_logits: bool = False,
+        channels_last: bool = False,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "batch out"]:
+        """Pool the final feature map `x` (NCHW; NHWC with `channels_last=True`) and apply
+        the classifier: the logits, or with `pre_logits=True` what the classifier sees. With
+        no classifier (`reset_classifier(0)`) the pooled features (`head_hidden_size`)."""
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """The classifier's output count; 0 without a classifier."""
+        head = self.get_classifier()
+        return 0 if head is None else int(head.out_features)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """What the classifier reads (`pre_logits`): `num_features`, unless the head has a
+        hidden layer (timm's `head_hidden_size`)."""
+        return self.num_features
+
+    @property
+    def in_chans(self) -> int:
+        """The stem convolution's input channels."""
+        conv = _get_path(self, self.first_conv)
+        return int(conv.weight.shape[1] * conv.groups)
+
+    def get_classifier(self) -> Linear | None:
+        """The classifier (`None` after `reset_classifier(0)`)."""
+        return _get_path(self, self.classifier)
+
+    def reset_classifier(self, num_classes: int, *, key: PRNGKeyArray | None = None) -> Self:
+        """The model with a new classifier for `num_classes` (torch's default init), or none
+        for `num_classes=0`, when calls return the pooled features (as in timm).
+
+        **Arguments:**
+
+        - `num_classes`: the new output count, or 0.
+        - `key`: PRNG key for the new weights (default `jax.random.key(0)`).
+        """
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        key = jax.random.key(0) if key is None else key
+        head = Linear(self.head_hidden_size, num_classes, key=key) if num_classes else None
+        return eqx.tree_at(lambda m: _get_path(m, m.classifier), self, head, is_leaf=_is_none)
+
+    def features_only(self, out_indices: int | Sequence[int] | None = None) -> Self:
+        """The model without its classifier, whose calls return the list of NCHW feature
+        maps at `out_indices` (timm's `features_only=True`; default: every map of
+        `feature_info`). Its `feature_info` lists those maps."""
+        indices = _normalise_indices(out_indices, len(self.feature_info))
+        model = self.reset_classifier(0)
+        new = copy.copy(model)
+        object.__setattr__(new, "out_indices", indices)  # a static field: no tree_at
+        return new
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """Constructor options a state_dict does not pin down but a rebuild needs (e.g. a
+        dropout rate); recorded in exported configs. None by default."""
+        return {}
+
+    @property
+    def selected_feature_info(self) -> tuple[FeatureInfo, ...]:
+        """`feature_info` of the maps a call returns (all of them unless `features_only`)."""
+        if self.out_indices is None:
+            return self.feature_info
+        return tuple(self.feature_info[i] for i in self.out_indices)
+
+    # -- what the contract builds from them ------------------------------------------------
+    def _check(self, x: Array) -> None:
+        check_image_batch(x, self.in_chans, type(self).__name__)
+
+    def forward_features(
+        self, x: Float[Array, "batch channels height width"], *, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "batch features fh fw"], Self]:
+        """The final feature map before pooling (NCHW), and the model with updated buffers."""
+        self._check(x)
+        maps, model = self._forward_stages(
+            x.transpose(0, 2, 3, 1), depth=len(self.feature_info), key=key
+        )
+        return maps[-1].transpose(0, 3, 1, 2), model
+
+    def forward_intermediates(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        indices: int | Sequence[int] | None = None,
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Any, Self]:
+        """timm's `forward_intermediates`: the NCHW maps at `indices` (`None` all, `n` the
+        last `n`, or a sequence of indices into `feature_info`).
+
+        **Returns:** `(intermediates, model)` with `intermediates_only=True`, else
+        `((final_features, intermediates), model)`; the model carries updated buffers.
+        `stop_early` stops at the deepest map asked for (then `final_features` is that map).
+        """
+        self._check(x)
+        wanted = _normalise_indices(indices, len(self.feature_info))
+        depth = wanted[-1] + 1 if (stop_early or intermediates_only) else len(self.feature_info)
+        maps, model = self._forward_stages(x.transpose(0, 2, 3, 1), depth=depth, key=key)
+        intermediates = [maps[i].transpose(0, 3, 1, 2) for i in wanted]
+        if intermediates_only:
+            return intermediates, model
+        return (maps[-1].transpose(0, 3, 1, 2), intermediates), model
+
+    def __call__(
+        self, x: Float[Array, "batch channels height width"], *, key: PRNGKeyArray | None = None
+    ) -> tuple[Any, Self]:
+        """Logits (or, after `features_only`, the list of feature maps) and the model with
+        updated buffers. `key` drives dropout in train mode."""
+        self._check(x)
+        if self.out_indices is not None:
+            return self.forward_intermediates(
+                x, indices=self.out_indices, intermediates_only=True, key=key
+            )
+        # NCHW outside, NHWC inside: XLA:CPU convolves in NHWC, so an NCHW graph pays a
+        # transpose copy around every convolution (21% of a 224x224 train step).
+        stage_key, head_key = (None, None) if key is None else jax.random.split(key)
+        maps, model = self._forward_stages(
+            x.transpose(0, 2, 3, 1), depth=len(self.feature_info), key=stage_key
+        )
+        return model.forward_head(maps[-1], channels_last=True, key=head_key), model
+
+
+__all__ = ["FeatureInfo", "ZooModel"]
