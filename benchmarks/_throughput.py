@@ -136,6 +136,7 @@ class Runner:
         return forward if mode == "eval" else train
 
     def _jax_step(self, mode: str, x_np: np.ndarray, y_np: np.ndarray, dtype: str) -> Step:
+        import equinox as eqx
         import jax
         import jax.numpy as jnp
         import optax
@@ -153,7 +154,8 @@ class Runner:
         optimizer = optax.sgd(LR, momentum=MOMENTUM)
         train_step = zoo.make_train_step(optimizer)
         # The step donates its model: train a copy so the next case still has the original.
-        model = jax.tree_util.tree_map(jnp.copy, zoo.train_mode(self.eqx_model))
+        arrays, flags = eqx.partition(zoo.train_mode(self.eqx_model), eqx.is_array)
+        model = eqx.combine(jax.tree_util.tree_map(jnp.copy, arrays), flags)
         state = {"model": model, "opt": optimizer.init(zoo.trainable(model))}
         key = jax.random.key(0)
 

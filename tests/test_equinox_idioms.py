@@ -161,3 +161,17 @@ def test_a_plain_training_loop_teaches_the_cnn_digits():
     accuracy = float((np.asarray(logits).argmax(1) == y_test).mean())
     print(f"cnn held-out accuracy after 6 epochs: {accuracy:.4f}")
     assert accuracy >= 0.95
+
+
+def test_a_model_put_on_devices_whole_gets_an_error_that_says_why():
+    model = zoo.train_mode(zoo.models.cnn())
+    whole = jax.device_put(model)  # its bool flags become arrays
+    step = zoo.make_train_step(optax.sgd(0.1), donate=False)
+    with pytest.raises(TypeError, match=r"eqx.filter_jit.*eqx.filter\(model, eqx.is_array\)"):
+        step(
+            whole,
+            optax.sgd(0.1).init(zoo.trainable(model)),
+            jnp.ones((2, 3, 32, 32)),
+            jnp.arange(2),
+            jax.random.key(0),
+        )

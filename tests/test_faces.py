@@ -328,8 +328,10 @@ def test_jax_face_data_parallel_sharding_equals_single_device(images):
     y = jnp.arange(8) % 10
     key = jax.random.key(0)
     single = step(model, opt_state, x, y, key)
+    # Only the arrays go to the devices: device_put would make the `inference` flags arrays.
+    arrays, flags = eqx.partition(model, eqx.is_array)
     sharded = step(
-        jax.device_put(model, replicated),
+        eqx.combine(jax.device_put(arrays, replicated), flags),
         jax.device_put(opt_state, replicated),
         jax.device_put(x, batch),
         jax.device_put(y, batch),

@@ -91,7 +91,7 @@ def test_zoo_jit_keeps_convolutions_off_ynnpack():
         assert conv_forms(hlo[name]), name
         assert not ynnpack_convolutions(hlo[name]), name
     # The detector can fail: under a plain jax.jit, XLA:CPU hands them to YNNPACK.
-    plain = resnet18_lowered(64, jit=eqx.filter_jit)["eval"].compile()
+    plain = resnet18_lowered(64, jit=eqx.filter_jit)["eval"].lowered.compile()
     assert ynnpack_convolutions(plain.as_text())
 
 

@@ -103,7 +103,13 @@ def test_exported_weights_load_in_timm(exported, r18, images):
     ).eval()
     x = images(2, 3, 64, 64, seed=1)
     with torch.no_grad():
-        assert max_abs_diff(model(x), r18(x.numpy())) <= 1e-5
+        theirs32 = model(x)
+        theirs64 = model.double()(x.double())
+    # Against timm's fp64 logits: timm's own fp32 result is 8.3e-6 from them on this input
+    # and ours 5.8e-6, on opposite sides, so the two fp32 results are 1.02e-5 apart.
+    own_error = max_abs_diff(theirs32, theirs64)
+    assert max_abs_diff(r18(x.numpy()), theirs64) <= max(1e-5, 2 * own_error)
+    assert max_abs_diff(theirs32, r18(x.numpy())) <= 2e-5
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])

@@ -185,3 +185,28 @@ def test_unknown_attributes_still_raise_attribute_errors():
     for module, name in ((zoo, "TorchModle"), (zoo.models, "SmallCNNTorc"), (wc, "to_state")):
         with pytest.raises(AttributeError, match=f"has no attribute '{name}'"):
             getattr(module, name)
+
+
+def test_checkpoints_load_where_torch_loads_them(tmp_path):
+    """zoo.load strips DDP/Lightning prefixes before inferring num_classes, from dicts and
+    files, accepts half precision and missing counters, and warns on strict=False."""
+    torch.manual_seed(0)
+    ten = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    sd = ten.state_dict()
+    ddp = {f"module.{k}": v for k, v in sd.items()}
+    assert zoo.load("resnet18", weights=ddp).num_classes == 10
+    lightning = {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3}
+    from_dict = zoo.load("resnet18", weights=lightning)
+    torch.save(lightning, tmp_path / "last.ckpt")
+    from_file = zoo.load("resnet18", weights=tmp_path / "last.ckpt")
+    assert from_dict.num_classes == from_file.num_classes == 10
+    _assert_same_weights(from_file, sd)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    no_counters = {k: v for k, v in half.items() if not k.endswith("num_batches_tracked")}
+    loaded = zoo.load("resnet18", weights=no_counters, framework="equinox")
+    assert loaded.conv1.weight.dtype == jnp.float32
+    bf16 = zoo.load("resnet18", weights=sd, dtype=jnp.bfloat16, framework="equinox")
+    assert bf16.fc.weight.dtype == jnp.bfloat16 and bf16.bn1.num_batches_tracked.dtype == jnp.int32
+    partial = {k: v for k, v in sd.items() if k != "fc.bias"}
+    with pytest.warns(UserWarning, match=r"(?s)strict=False.*fc\.bias"):
+        zoo.load("resnet18", weights=partial, strict=False)

@@ -242,3 +242,40 @@ def test_hub_round_trip(name, tmp_path):
     x = sample_input(name)
     with torch.no_grad():
         assert max_abs_diff(native.eval()(x), face(x.numpy())) <= 1e-5
+
+
+# -- torchvision's weights ----------------------------------------------------------------------
+class _Downloaded(Exception):
+    """Raised by the mocked download: the URL was chosen, nothing needs to load."""
+
+
+WITH_WEIGHTS = [n for n in ALL if zoo.get_model_info(n).torchvision_weights]
+
+
+@pytest.mark.parametrize("name", WITH_WEIGHTS)
+def test_every_torchvision_weight_tag_reaches_its_url(name, monkeypatch):
+    """Every tag of the model's torchvision weights enum (read from torchvision), as a tag, as
+    `Enum.TAG` and as the enum member, asks torch's hub for that tag's URL; an unknown tag is
+    refused with the list. Only the download is mocked."""
+    info = zoo.get_model_info(name)
+    enum = info.weights_enum()
+    assert info.weight_tags() == list(enum.__members__) and info.weight_tags()
+    asked = []
+
+    def download(url, *args, **kwargs):
+        asked.append(url)
+        raise _Downloaded
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    for tag in info.weight_tags():
+        for weights in (tag, f"{info.torchvision_weights}.{tag}", enum[tag]):
+            with pytest.raises(_Downloaded):
+                zoo.load(name, weights=weights)
+            assert asked.pop() == enum[tag].url, weights
+    with pytest.raises(_Downloaded):
+        zoo.load(name, weights="DEFAULT")
+    assert asked.pop() == enum.DEFAULT.url
+    with pytest.raises(zoo.WeightsError, match=r"has no tag 'IMAGENET9K_V9'.*IMAGENET1K_V1"):
+        zoo.load(name, weights="IMAGENET9K_V9")
+    with pytest.raises(zoo.WeightsError, match="torchvision has no pretrained weights"):
+        zoo.load("cnn", weights="DEFAULT")

@@ -9,6 +9,8 @@ from typing import TypeVar
 import equinox as eqx
 import jax
 
+from .layers._flags import inference_flag
+
 M = TypeVar("M")
 
 
@@ -30,4 +32,5 @@ def train_mode(model: M) -> M:
 def is_training(model: object) -> bool:
     """True if any layer of the model is in train mode."""
     leaves = jax.tree_util.tree_leaves(model, is_leaf=_has_mode)
-    return any(_has_mode(leaf) and not leaf.inference for leaf in leaves)
+    layers = [leaf for leaf in leaves if _has_mode(leaf)]
+    return any(not inference_flag(layer.inference, type(layer).__name__) for layer in layers)

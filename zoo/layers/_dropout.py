@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
+from ._flags import inference_flag
+
 
 class Dropout(eqx.Module):
     """`torch.nn.Dropout`: in train mode zero each element with probability `p` and scale the
@@ -24,7 +26,7 @@ class Dropout(eqx.Module):
         self.inference = inference
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        if self.inference or self.p == 0.0:
+        if inference_flag(self.inference, "Dropout") or self.p == 0.0:
             return x
         if key is None:
             raise ValueError(

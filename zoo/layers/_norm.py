@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._flags import inference_flag
+
 
 class BatchNorm2d(eqx.Module):
     """`torch.nn.BatchNorm2d` for NCHW batches (NHWC with `channels_last=True`), buffers
@@ -101,7 +103,7 @@ class BatchNorm2d(eqx.Module):
     ) -> tuple[Array, Self]:
         """The layer on `x`, whose per-channel sums are `channel_sums(x)` and against which a
         per-channel vector `v` broadcasts as `expand(v)`."""
-        if self.inference:
+        if inference_flag(self.inference, "BatchNorm2d"):
             return self._normalise(x, self.running_mean, self.running_var, expand), self
         # Statistics in at least fp32, as torch does for half inputs.
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
