@@ -53,7 +53,7 @@ def test_help_and_usage_errors(capsys):
 def test_info_registry_name_and_folder(cnn, tmp_path, capsys):
     assert main(["info", "cnn"]) == 0
     out = capsys.readouterr().out
-    assert "architecture: cnn" in out and "parameters:   1,070,890" in out
+    assert "architecture: cnn" in out and "parameters:   94,762" in out
     assert '"classifier": "fc"' in out
     folder = zoo.save_pretrained(cnn, tmp_path / "exp", name="cnn")
     assert main(["info", str(folder)]) == 0

@@ -132,7 +132,10 @@ def test_torch_face_and_bare_equinox_export(tmp_path, images):
     face = zoo.load("cnn", framework="torch", in_chans=1, num_classes=4)
     folder = zoo.save_pretrained(face, tmp_path / "cnn")
     config = json.loads((folder / "config.json").read_text())
-    assert config["zoo"]["in_chans"] == 1 and config["zoo"]["kwargs"] == {"drop_rate": 0.25}
+    assert config["zoo"]["in_chans"] == 1 and config["zoo"]["kwargs"] == {
+        "drop_rate": 0.25,
+        "bn_momentum": 0.3,
+    }
     assert config["pretrained_cfg"]["input_size"] == [1, 32, 32]
     back = zoo.load(f"local-dir:{folder}", framework="torch")
     assert back.state_dict().keys() == face.state_dict().keys()
