@@ -372,7 +372,7 @@ def resnet34(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     return _resnet(BasicBlock, (3, 4, 6, 3), key, **kwargs)
 
 
-@register(ResNet, torchvision_weights="ResNet50_Weights", **_CFG)
+@register(ResNet, torchvision_weights="ResNet50_Weights", test_cfg=_SLOW, **_CFG)
 def resnet50(*, key: PRNGKeyArray | None = None, **kwargs) -> ResNet:
     """ResNet-50 (torchvision `resnet50`, v1.5)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), key, **kwargs)
