@@ -43,6 +43,8 @@ MODELS = {"resnet18": "ResNet18", "small_cnn": "SmallCNN"}
 
 
 DTYPES = ("fp32", "bf16")
+# On every --quick report (results.md and the PNG): its tiny cases make ratios like 97x.
+QUICK_CAVEAT = "--quick: tiny sizes and few repeats, numbers meaningless"
 
 
 def _case(mode: str, batch: int, size: int, dtype: str) -> dict[str, Any]:
@@ -244,7 +246,7 @@ def _grid(rows: list[dict[str, Any]], model: str) -> tuple[list[str], dict]:
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     out = [
-        "# equizoo benchmarks" + (" (--quick: tiny sizes, numbers meaningless)" * meta["quick"]),
+        "# equizoo benchmarks" + f" ({QUICK_CAVEAT})" * meta["quick"],
         "",
         f"- Date: {meta['date']}; machine: {meta['machine']}; Python {meta['python']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
@@ -372,7 +374,9 @@ def overhead_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def chart(results: dict[str, Any], path: Path) -> None:
+def chart_figure(results: dict[str, Any]):
+    """The throughput ratios as a Matplotlib figure, one panel per model; a `--quick` run's
+    says so in its title, as its results.md does."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,7 +401,17 @@ def chart(results: dict[str, Any], path: Path) -> None:
             "(missing bar = not run)"
         )
     axes[0][0].legend(fontsize=8)
+    if results["meta"]["quick"]:
+        # The PNG travels without results.md: a tiny run's absurd ratios must say what they are.
+        fig.suptitle(QUICK_CAVEAT, color="darkred", fontsize=13, fontweight="bold")
     fig.tight_layout()
+    return fig
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(results)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -432,12 +446,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         groups = [(m, [fw]) for m in MODELS for fw in FRAMEWORKS]
     with ThreadPoolExecutor(opts.jobs) as pool:
+        # Lightning epochs first: one process per (model, framework), one after the other, the
+        # longest chain of the run; started last, it ran alone at the end of a --jobs 2 run.
+        lightning = pool.submit(lightning_epoch.collect, opts.quick, opts.threads, opts.timeout)
         futures = [pool.submit(throughput, m, fws, opts) for m, fws in groups]
         conv = pool.submit(conversion, opts)
         cache = pool.submit(compile_cache, opts)  # its two processes run one after the other
         overhead = pool.submit(face_overhead, opts)
-        # Lightning epochs: one process per (model, framework), one after the other.
-        lightning = pool.submit(lightning_epoch.collect, opts.quick, opts.threads, opts.timeout)
         rows = []
         for (m, fws), future in zip(groups, futures, strict=True):
             rows += future.result()

@@ -13,17 +13,13 @@ import argparse
 import os
 import time
 
-import jax.numpy as jnp
 import numpy as np
-import torch
-import torchvision
-
-import weights_convert as wc
-import zoo
 
 
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random affine parameters and running statistics for every BatchNorm."""
+def randomize_batchnorm(model, seed: int = 0) -> None:
+    """Random affine parameters and running statistics for every BatchNorm of a torch module."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -42,6 +38,14 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="e.g. IMAGENET1K_V1 (downloads)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args()
+    # Imported after parsing, so `--help` answers without seconds of imports.
+    import jax.numpy as jnp
+    import torch
+    import torchvision
+
+    import weights_convert as wc
+    import zoo
+
     quick = args.quick or os.environ.get("ZOO_EXAMPLE_QUICK") == "1"
     size, batch = (64, 2) if quick else (224, 4)
     torch.manual_seed(0)

@@ -15,12 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
-import safetensors.torch
-import torch
-
-import zoo
 
 
 def main() -> None:
@@ -28,6 +23,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the small CNN (the tests' run)")
     parser.add_argument("--out", default=None, help="folder to export to (default: temporary)")
     args = parser.parse_args()
+    # Imported after parsing, so `--help` answers without seconds of imports.
+    import jax
+    import safetensors.torch
+    import torch
+
+    import zoo
+
     quick = args.quick or os.environ.get("ZOO_EXAMPLE_QUICK") == "1"
     name, size = ("cnn", 32) if quick else ("resnet18", 64)
     labels = ["cat", "dog", "bird", "fish", "frog"]

@@ -12,18 +12,18 @@ import argparse
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-import zoo
+# jax, optax, scikit-learn and zoo are imported where they are used, so `--help` answers at
+# once instead of after seconds of imports.
 
 
 def digits(size: int, seed: int = 0):
     """`(x_train, y_train, x_test, y_test)`: NCHW float32 images at `size`x`size`, int labels."""
+    import jax
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     data = load_digits()
     images = data.images.astype(np.float32)[:, None] / 16.0  # (N, 1, 8, 8)
     images = np.asarray(jax.image.resize(images, (len(images), 1, size, size), method="bilinear"))
@@ -34,8 +34,11 @@ def digits(size: int, seed: int = 0):
     return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
 
 
-def accuracy(face: zoo.JaxModel, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
-    """Eval-mode accuracy, in fixed-size batches (the last one padded: no recompilation)."""
+def accuracy(face, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
+    """Eval-mode accuracy of a `zoo.JaxModel`, in fixed-size batches (the last one padded: no
+    recompilation)."""
+    import jax.numpy as jnp
+
     correct = 0
     for i in range(0, len(x), batch):
         chunk = x[i : i + batch]
@@ -54,6 +57,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import zoo
+
     quick = args.quick or os.environ.get("ZOO_EXAMPLE_QUICK") == "1"
     size = 16 if quick else 32
     epochs = args.epochs or (1 if quick else 6)

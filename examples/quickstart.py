@@ -10,18 +10,20 @@ import os
 import tempfile
 import time
 
-import jax
 import numpy as np
-import optax
-import torch
-
-import zoo
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the tests' run)")
     args = parser.parse_args()
+    # Imported after parsing, so `--help` answers without seconds of imports.
+    import jax
+    import optax
+    import torch
+
+    import zoo
+
     quick = args.quick or os.environ.get("ZOO_EXAMPLE_QUICK") == "1"
     name, size, batch = ("cnn", 32, 4) if quick else ("resnet18", 64, 8)
     rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
 """The examples this suite owns run end to end in their quick mode (`--quick`) and finish with
-a sensible last line. Each runs in a fresh subprocess, in a temporary working directory."""
+a sensible last line. Each runs in a fresh subprocess, in a temporary working directory.
+Every example answers `--help` before importing the frameworks."""
 
 import re
 from pathlib import Path
@@ -8,6 +9,9 @@ import pytest
 from conftest import ROOT, run_python
 
 EXAMPLES = ROOT / "examples"
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
+# What takes seconds to import; `--help` must not wait for it.
+HEAVY = ("jax", "torch", "torchvision", "lightning", "sklearn", "zoo", "weights_convert")
 
 
 def run_example(script: str, tmp_path: Path, *args: str) -> list[str]:
@@ -49,3 +53,23 @@ def test_hub_roundtrip(tmp_path):
     assert lines[-1].startswith("PASS: round trip"), lines[-1]
     assert (tmp_path / "export" / "model.safetensors").exists()
     assert (tmp_path / "export" / "config.json").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_parses_before_heavy_imports(script, tmp_path):
+    """`--help` prints the usage, `--quick` included, without importing jax, torch or the zoo
+    (checked in `sys.modules` after argparse exits, not by timing)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(EXAMPLES / script)!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "else:\n"
+        "    raise AssertionError('--help did not exit')\n"
+        f"print('IMPORTED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = run_python(["-c", code], cwd=tmp_path).stdout
+    assert "usage:" in out and "--quick" in out, out
+    assert out.splitlines()[-1] == "IMPORTED []", out.splitlines()[-1]

@@ -1,4 +1,5 @@
-"""The fine-tuning examples run end to end (the digits one at its --quick size)."""
+"""The Lightning examples run end to end at their --quick size (the CIFAR-10 one on its
+offline synthetic stand-in: CIFAR-10 itself needs the network)."""
 
 import re
 
@@ -21,6 +22,24 @@ def test_finetune_digits_quick(tmp_path):
     assert set(accs) == {"torch", "jax"}
     for mode, acc in accs.items():
         assert float(acc) > 0.5, (mode, summary)  # two short epochs: well above chance (0.1)
+    # One progress line per epoch and mode, with the epoch's numbers.
+    epochs = re.findall(
+        r"^\[(torch|jax)\] epoch (\d)/2: train loss ([0-9.]+), held-out loss ([0-9.]+), "
+        r"held-out accuracy ([0-9.]+)",
+        proc.stdout,
+        re.M,
+    )
+    assert [(m, int(e)) for m, e, *_ in epochs] == [
+        ("torch", 1),
+        ("torch", 2),
+        ("jax", 1),
+        ("jax", 2),
+    ], proc.stdout
+    assert all(0 <= float(acc) <= 1 for *_, acc in epochs)
+    # The last epoch's validation is the held-out set the summary scores.
+    last = {m: float(acc) for m, _, _, _, acc in epochs}
+    assert all(abs(last[m] - float(accs[m])) < 1e-3 for m in accs), (last, accs)
+    assert "log_every_n_steps" not in proc.stderr, proc.stderr
     assert (tmp_path / "digits_cnn_curves.png").stat().st_size > 1000
     for mode in ("torch", "jax"):
         # zoo.save_pretrained's folder: weights, config and model card.
@@ -33,6 +52,18 @@ def test_finetune_digits_quick(tmp_path):
             assert abs(float(held) - float(reloaded)) < 1e-3, line
 
 
-def test_finetune_cifar10_help(tmp_path):
-    proc = run_python([str(EXAMPLES / "finetune_cifar10.py"), "--help"], cwd=tmp_path)
-    assert "--mode" in proc.stdout and "--weights" in proc.stdout
+@pytest.mark.slow
+def test_finetune_cifar10_quick(tmp_path):
+    proc = run_python(
+        [str(EXAMPLES / "finetune_cifar10.py"), "--quick", "--out", str(tmp_path)],
+        cwd=tmp_path,
+    )
+    lines = proc.stdout.splitlines()
+    # The stand-in says what it is: a newcomer must not read its accuracy as CIFAR-10's.
+    assert lines[0].startswith("data: synthetic stand-in for CIFAR-10"), lines[0]
+    summary = lines[-1]
+    match = re.fullmatch(r"SUMMARY synthetic \(--quick, not CIFAR-10\) jax=([0-9.]+)", summary)
+    assert match, summary
+    assert float(match.group(1)) > 0.5, summary  # chance is 0.1
+    assert list((tmp_path / "ckpt_jax").glob("*.ckpt")), "no Lightning checkpoint written"
+    assert "log_every_n_steps" not in proc.stderr, proc.stderr

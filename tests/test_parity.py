@@ -61,7 +61,8 @@ def test_resnet18_eval_logits(size, images):
     assert diff <= TOL
 
 
-@pytest.mark.slow
+# fp32 at real sizes for the deep variants: with the registry's float64 checks, `-m large`.
+@pytest.mark.large
 @pytest.mark.parametrize(
     ("name", "size"),
     [

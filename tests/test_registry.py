@@ -50,6 +50,17 @@ def sample_input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
     )
 
 
+def fp32_tolerance(reference: torch.nn.Module, x: torch.Tensor) -> float:
+    """1e-5, or twice torchvision's own fp32 error on `x` (its fp32 against its fp64 logits)
+    where that is larger: the bar for two fp32 computations that sum in different orders."""
+    reference = reference.eval()
+    with torch.no_grad():
+        ref32 = reference(x)
+        ref64 = reference.double()(x.double())
+    reference.float()
+    return max(1e-5, 2 * float((ref32.double() - ref64).abs().max()))
+
+
 def no_dropout(name: str) -> dict:
     """Constructor options that turn dropout off: torch's and JAX's draws differ by design."""
     return dict(zoo.get_model_info(name).test_cfg.get("no_dropout", {}))
@@ -117,9 +128,13 @@ def test_train_mode_parity_float64(name):
             ours_grads = {k: np.asarray(v) for k, v in wc.named_arrays(grads).items()}
             expected = {k: p.grad.numpy() for k, p in reference.named_parameters()}
             assert ours_grads.keys() == expected.keys()
+            # The floor is the model's largest gradient: some are zero in exact arithmetic
+            # (a BatchNorm bias whose shift the next train-mode BatchNorm removes), and both
+            # sides then hold rounding noise, not a scale of their own.
+            scale = max(float(np.abs(g).max()) for g in expected.values())
             for key, g in expected.items():
                 np.testing.assert_allclose(
-                    ours_grads[key], g, rtol=1e-9, atol=1e-9 * np.abs(g).max(), err_msg=key
+                    ours_grads[key], g, rtol=1e-9, atol=1e-12 * scale, err_msg=key
                 )
 
 
@@ -131,10 +146,12 @@ def test_both_faces_compute_the_equinox_model(name):
     plain = eval_logits(model, jnp.asarray(x.numpy()))
     jax_face = zoo.JaxModel(model, name=name)
     torch_face = zoo.TorchModel(model, name=name)
-    # The JAX face reads HWIO kernels, which may reorder a convolution's sums (~1e-6).
-    assert max_abs_diff(jax_face(x.numpy()), plain) <= 1e-5
+    # The JAX face reads HWIO kernels and the torch face compiles with zoo.jit's options:
+    # both may reorder a convolution's sums, which deep nets amplify as torch's fp32 does.
+    tol = fp32_tolerance(reference, x)
+    assert max_abs_diff(jax_face(x.numpy()), plain) <= tol
     with torch.no_grad():
-        assert max_abs_diff(torch_face(x), plain) <= 1e-5  # zoo.jit: other conv kernels
+        assert max_abs_diff(torch_face(x), plain) <= tol
     assert torch_face.state_dict().keys() == reference.state_dict().keys()
     for face in (jax_face, torch_face):
         assert (face.num_classes, face.in_chans) == (model.num_classes, model.in_chans)
@@ -241,7 +258,7 @@ def test_hub_round_trip(name, tmp_path):
     native.load_state_dict(safetensors.torch.load_file(folder / "model.safetensors"), strict=True)
     x = sample_input(name)
     with torch.no_grad():
-        assert max_abs_diff(native.eval()(x), face(x.numpy())) <= 1e-5
+        assert max_abs_diff(native.eval()(x), face(x.numpy())) <= fp32_tolerance(native, x)
 
 
 # -- torchvision's weights ----------------------------------------------------------------------

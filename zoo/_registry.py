@@ -76,12 +76,12 @@ class ModelInfo:
     @property
     def first_conv(self) -> str:
         """The stem convolution's path (the model class's `first_conv`)."""
-        return self.pretrained_cfg.get("first_conv") or self.model_class.first_conv
+        return self.pretrained_cfg.get("first_conv") or self.model_class.first_conv_path
 
     @property
     def classifier(self) -> str:
         """The classifier's path (the model class's `classifier`)."""
-        return self.pretrained_cfg.get("classifier") or self.model_class.classifier
+        return self.pretrained_cfg.get("classifier") or self.model_class.classifier_path
 
     def weight_tags(self) -> list[str]:
         """Every tag of the model's torchvision weights enum (`IMAGENET1K_V1`, ...), read

@@ -85,8 +85,8 @@ def build_config(
         "mean": list(cfg["mean"]),
         "std": list(cfg["std"]),
         "num_classes": num_classes,
-        "first_conv": eqx_model.first_conv,
-        "classifier": eqx_model.classifier,
+        "first_conv": eqx_model.first_conv_path,
+        "classifier": eqx_model.classifier_path,
     }
     config["zoo"] = {
         "format": FORMAT_VERSION,

@@ -183,7 +183,7 @@ class ImageClassifier(L.LightningModule):
         else:
             eqx_model = _as_equinox(model)
             name = getattr(model, "name", "")
-        self.classifier_name = eqx_model.classifier
+        self.classifier_name = eqx_model.classifier_path
         self.model = TorchModel(eval_mode(eqx_model), name=name)
         self.model.train(not (freeze_backbone or not train_bn))
         # The Equinox template: the JAX state is rebuilt from `self.model`'s tensors by name.

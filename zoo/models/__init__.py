@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_attributes
 from ._base import FeatureInfo as FeatureInfo, ZooModel as ZooModel
 from ._cnn import SmallCNN as SmallCNN, cnn as cnn, small_cnn as small_cnn
+from ._mobilenetv2 import MobileNetV2 as MobileNetV2, mobilenet_v2 as mobilenet_v2
+from ._mobilenetv3 import (
+    MobileNetV3 as MobileNetV3,
+    mobilenet_v3_large as mobilenet_v3_large,
+    mobilenet_v3_small as mobilenet_v3_small,
+)
 from ._resnet import (
     BasicBlock as BasicBlock,
     Bottleneck as Bottleneck,

@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..layers import Linear
+from ..layers import Dropout, Linear, apply_layer, run_sequential
 from ._checks import check_image_batch
 
 
@@ -74,14 +74,71 @@ def _normalise_indices(indices: int | Sequence[int] | None, count: int) -> tuple
     return tuple(sorted(set(out)))
 
 
+def stage_ends(reductions: Sequence[int]) -> tuple[int, ...]:
+    """The feature maps of a sequential trunk whose member `i` outputs at `reductions[i]`:
+    the last member at each reduction (timm's stage ends), shallow to deep."""
+    return tuple(
+        i for i, r in enumerate(reductions) if i + 1 == len(reductions) or reductions[i + 1] != r
+    )
+
+
+def run_stages(
+    layers: tuple,
+    x: Float[Array, "batch height width channels"],
+    *,
+    ends: Sequence[int],
+    depth: int,
+    key: PRNGKeyArray | None,
+) -> tuple[list[Array], tuple]:
+    """Run a sequential trunk (NHWC) up to its `depth`-th feature map.
+
+    **Arguments:**
+
+    - `layers`: the trunk's members (torchvision's `features`).
+    - `ends`: the members whose outputs are the feature maps (`feature_info` order).
+    - `depth`: how many maps to compute; later members do not run.
+    - `key`: split between the members (stochastic depth, dropout).
+
+    **Returns:** `(maps, layers)`, the members carrying their updated buffers (those that
+    did not run unchanged).
+    """
+    last = ends[depth - 1]
+    keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    maps, new = [], list(layers)
+    for i in range(last + 1):
+        x, new[i] = apply_layer(layers[i], x, channels_last=True, key=keys[i])
+        if i in ends:
+            maps.append(x)
+    return maps, tuple(new)
+
+
+def classifier_head(
+    classifier: tuple,
+    x: Float[Array, "batch features"],
+    *,
+    pre_logits: bool,
+    key: PRNGKeyArray | None,
+) -> Float[Array, "batch out"]:
+    """torchvision's `classifier` sequential on pooled features, whose last member is the
+    final `Linear` (`None` after `reset_classifier(0)`). `pre_logits=True` stops before it
+    and before a dropout right in front of it (timm's `pre_logits`)."""
+    *body, final = classifier
+    if pre_logits and body and isinstance(body[-1], Dropout):
+        body = body[:-1]
+    x, _ = run_sequential(tuple(body), x, key=key)
+    return x if pre_logits or final is None else final(x)
+
+
 class ZooModel(eqx.Module):
     """The interface every zoo architecture implements (timm's model API).
 
     **Class facts** (per architecture):
 
-    - `first_conv`, `classifier`: attribute paths of the stem convolution and the final
-      `Linear` (timm's `pretrained_cfg` names, e.g. `"conv1"` and `"fc"`); the converter
-      adapts them for another `in_chans` or `num_classes`.
+    - `first_conv_path`, `classifier_path`: attribute paths of the stem convolution and the
+      final `Linear` (timm's `pretrained_cfg` `first_conv` and `classifier`, e.g. `"conv1"`
+      and `"fc"`, or `"features.0.0"` and `"classifier.3"`); the converter adapts them for
+      another `in_chans` or `num_classes`. (Suffixed: many torchvision models have a
+      submodule named `classifier`.)
     - `head_modules`: the top-level fields `forward_head` uses (the classifier and any
       dropout before it); a frozen backbone keeps everything else in eval mode.
     - `global_pool`: timm's name for the pooling (`"avg"`).
@@ -94,8 +151,8 @@ class ZooModel(eqx.Module):
     they cannot go stale when either is replaced.
     """
 
-    first_conv: eqx.AbstractClassVar[str]
-    classifier: eqx.AbstractClassVar[str]
+    first_conv_path: eqx.AbstractClassVar[str]
+    classifier_path: eqx.AbstractClassVar[str]
     head_modules: eqx.AbstractClassVar[tuple[str, ...]]
     global_pool: eqx.AbstractClassVar[str]
     num_features: eqx.AbstractVar[int]
@@ -139,12 +196,12 @@ class ZooModel(eqx.Module):
     @property
     def in_chans(self) -> int:
         """The stem convolution's input channels."""
-        conv = _get_path(self, self.first_conv)
+        conv = _get_path(self, self.first_conv_path)
         return int(conv.weight.shape[1] * conv.groups)
 
     def get_classifier(self) -> Linear | None:
         """The classifier (`None` after `reset_classifier(0)`)."""
-        return _get_path(self, self.classifier)
+        return _get_path(self, self.classifier_path)
 
     def reset_classifier(self, num_classes: int, *, key: PRNGKeyArray | None = None) -> Self:
         """The model with a new classifier for `num_classes` (torch's default init), or none
@@ -159,7 +216,7 @@ class ZooModel(eqx.Module):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         key = jax.random.key(0) if key is None else key
         head = Linear(self.head_hidden_size, num_classes, key=key) if num_classes else None
-        return eqx.tree_at(lambda m: _get_path(m, m.classifier), self, head, is_leaf=_is_none)
+        return eqx.tree_at(lambda m: _get_path(m, m.classifier_path), self, head, is_leaf=_is_none)
 
     def features_only(self, out_indices: int | Sequence[int] | None = None) -> Self:
         """The model without its classifier, whose calls return the list of NCHW feature
@@ -241,4 +298,4 @@ class ZooModel(eqx.Module):
         return model.forward_head(maps[-1], channels_last=True, key=head_key), model
 
 
-__all__ = ["FeatureInfo", "ZooModel"]
+__all__ = ["FeatureInfo", "ZooModel", "classifier_head", "run_stages", "stage_ends"]

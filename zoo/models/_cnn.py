@@ -37,8 +37,8 @@ class SmallCNN(ZooModel):
     key is needed in train mode for dropout.
     """
 
-    first_conv: ClassVar[str] = "conv1"
-    classifier: ClassVar[str] = "fc"
+    first_conv_path: ClassVar[str] = "conv1"
+    classifier_path: ClassVar[str] = "fc"
     head_modules: ClassVar[tuple[str, ...]] = ("dropout", "fc")
     global_pool: ClassVar[str] = "avg"
     conv1: Conv2d

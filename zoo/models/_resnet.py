@@ -205,8 +205,8 @@ class ResNet(ZooModel):
     the interface (`forward_features`, `forward_intermediates`, ...) is `ZooModel`'s.
     """
 
-    first_conv: ClassVar[str] = "conv1"
-    classifier: ClassVar[str] = "fc"
+    first_conv_path: ClassVar[str] = "conv1"
+    classifier_path: ClassVar[str] = "fc"
     head_modules: ClassVar[tuple[str, ...]] = ("fc",)
     global_pool: ClassVar[str] = "avg"
     conv1: Conv2d
