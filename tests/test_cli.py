@@ -112,7 +112,8 @@ def test_push(cnn, tmp_path, monkeypatch, capsys):
     )
 
     def upload_folder(self, **kw):
-        seen.update(upload=kw, token=self.token)
+        files = {f.name: f.read_bytes() for f in Path(kw["folder_path"]).iterdir()}
+        seen.update(upload=kw, token=self.token, files=files)
         return huggingface_hub.CommitInfo(
             commit_url="https://huggingface.co/org/cnn/commit/abc",
             commit_message=kw["commit_message"],
@@ -126,7 +127,8 @@ def test_push(cnn, tmp_path, monkeypatch, capsys):
     assert "https://huggingface.co/org/cnn/commit/abc" in capsys.readouterr().out
     assert seen["repo"]["private"] is True and seen["token"] == "t"
     assert seen["branch"]["branch"] == "dev"
-    assert Path(seen["upload"]["folder_path"]) == folder
+    # A checked copy of the export's files is uploaded (see test_hardening.py).
+    assert seen["files"] == {f.name: f.read_bytes() for f in folder.iterdir()}
     assert seen["upload"]["revision"] == "dev"
     assert main(["push", str(tmp_path), "org/cnn"]) == 1  # not an exported folder
     assert "config.json does not exist" in capsys.readouterr().err

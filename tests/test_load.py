@@ -111,14 +111,17 @@ def test_torchvision_weights_use_torchvisions_url_up_to_the_network(tv18, tmp_pa
     `weights_only` load run for real."""
     requested = []
 
-    def fake_download(url, dst, *args, **kwargs):
-        requested.append(url)
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        requested.append((url, hash_prefix))
         torch.save(tv18.state_dict(), dst)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     m = zoo.load("resnet18", weights="IMAGENET1K_V1")
-    assert requested == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    # The hash prefix in torchvision's file name is checked (a mismatch is refused: see
+    # test_hardening.py, which mocks only urlopen).
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    assert requested == [(url, "f37072fd")] and url.endswith("resnet18-f37072fd.pth")
     _assert_same_weights(m, tv18.state_dict())
     zoo.load("resnet18", weights="IMAGENET1K_V1")  # now from the cache: no second download
     assert len(requested) == 1

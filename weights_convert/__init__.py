@@ -15,27 +15,35 @@ from ._names import (
     split_params_buffers as split_params_buffers,
     strip_prefixes as strip_prefixes,
 )
-from ._report import ConversionError as ConversionError, LoadReport as LoadReport
+from ._report import (
+    ConversionError as ConversionError,
+    LoadReport as LoadReport,
+    LoadWarning as LoadWarning,
+)
 
 if TYPE_CHECKING:
     from ._adapt import adapt_input_conv as adapt_input_conv
     from ._convert import (
         jax_to_torch as jax_to_torch,
         load_state_dict as load_state_dict,
+        non_finite_keys as non_finite_keys,
         tensors_to_jax as tensors_to_jax,
         to_state_dict as to_state_dict,
         torch_dtype_for as torch_dtype_for,
         torch_to_jax as torch_to_jax,
+        unusable_tensor as unusable_tensor,
     )
 
 _TORCH_SOURCES = {"adapt_input_conv": "._adapt"} | dict.fromkeys(
     (
         "jax_to_torch",
         "load_state_dict",
+        "non_finite_keys",
         "tensors_to_jax",
         "to_state_dict",
         "torch_dtype_for",
         "torch_to_jax",
+        "unusable_tensor",
     ),
     "._convert",
 )

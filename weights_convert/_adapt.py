@@ -11,8 +11,11 @@ def adapt_input_conv(in_chans: int, conv_weight: torch.Tensor) -> torch.Tensor:
     One channel: the sum over the input channels. Otherwise: the RGB filters repeated to
     `in_chans` channels and scaled by `3 / in_chans`, so the response to a grey image is kept.
 
-    **Raises:** `ValueError` when the weight is not a 3-channel (or space-to-depth) conv.
+    **Raises:** `ValueError` when the weight is not a 3-channel (or space-to-depth) conv, or
+    `in_chans` is not a positive int.
     """
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
     dtype = conv_weight.dtype
     weight = conv_weight.float()
     out_ch, in_ch, kh, kw = weight.shape

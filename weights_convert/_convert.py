@@ -18,7 +18,7 @@ from jaxtyping import Array
 
 from ._adapt import adapt_input_conv
 from ._names import named_arrays, replace_arrays, strip_prefixes
-from ._report import ConversionError, LoadReport
+from ._report import ConversionError, LoadReport, LoadWarning
 
 M = TypeVar("M")
 
@@ -125,12 +125,64 @@ def jax_to_torch(
     return tensor.clone() if copy else tensor
 
 
+def unusable_tensor(value: Any) -> str | None:
+    """Why a state_dict value cannot be loaded as weights, as a phrase that completes
+    "state_dict['conv1.weight'] is ..." and says the fix; `None` if it can: a dense torch
+    tensor with values, or a NumPy/JAX array of numbers."""
+    if isinstance(value, torch.Tensor):
+        if value.is_meta:
+            return (
+                "a meta tensor: a shape without values (saved from a model built on the "
+                "'meta' device); save the state_dict of a model that holds real weights"
+            )
+        if value.is_nested or value.layout != torch.strided:
+            return (
+                f"a sparse or nested tensor ({value.layout}); save it dense, "
+                "e.g. {k: v.to_dense() for k, v in state_dict.items()}"
+            )
+        if value.is_quantized:
+            return "a quantized tensor; save it dequantized (tensor.dequantize())"
+        return None
+    if isinstance(value, np.ndarray | jax.Array):
+        if np.dtype(value.dtype).kind in "biufc":
+            return None
+        # Strings, objects, and ml_dtypes' bfloat16/float8 (which torch.from_numpy refuses).
+        return (
+            f"an array of {value.dtype}, which torch cannot take from NumPy; pass torch "
+            "tensors (torch.from_dlpack(array) for a JAX array)"
+        )
+    return f"a {type(value).__name__}, not a tensor"
+
+
 def _as_tensor(value: Any, key: str) -> torch.Tensor:
+    problem = unusable_tensor(value)
+    if problem is not None:
+        raise (TypeError if "not a tensor" in problem else ValueError)(
+            f"state_dict[{key!r}] is {problem}"
+        )
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, np.ndarray | jax.Array):
-        return torch.from_numpy(np.asarray(value))
-    raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+    return torch.from_numpy(np.asarray(value))
+
+
+def non_finite_keys(state_dict: Mapping[str, Any]) -> list[str]:
+    """The keys whose floating tensor (or array) holds a NaN or an infinity, in order.
+
+    `load_state_dict` refuses such tensors (`check_finite`); an export checks with this
+    first, so that it never writes a file that would be refused on load.
+    """
+    return [k for k, v in state_dict.items() if not _all_finite(_as_tensor(v, k))]
+
+
+def _class_path(model: Any, fact: str) -> str | None:
+    # The model contract's `first_conv_path`/`classifier_path` (timm's `first_conv`/
+    # `classifier` on older classes); only a string counts: a model may have a submodule
+    # named `classifier`.
+    for name in (f"{fact}_path", fact):
+        value = getattr(type(model), name, None)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def load_state_dict(
@@ -161,21 +213,32 @@ def load_state_dict(
     - `adapt`: let a differing classifier shape re-initialise the head (the template's values
       are kept) and a differing first-conv channel count be adapted by timm's rule.
     - `first_conv`, `classifier`: module names for `adapt` (default: the model class's
-      `first_conv` / `classifier` attributes, timm's names for them).
+      `first_conv_path` / `classifier_path`, or `first_conv` / `classifier`, timm's names).
     - `copy`: copy each tensor once (the default). With `copy=False` the model shares memory
       with the state_dict where DLPack allows (no copy at all): only safe when nothing
       writes to those tensors afterwards, e.g. a state_dict freshly read from a file. A torch
       model that keeps training would change the JAX arrays under JAX's feet.
     - `check_finite`: treat NaN/inf in a tensor (after any cast) as a problem.
-    - `warn`: with `strict=False`, warn (`UserWarning`) when the report is not ok, so a
-      partial load is never silent. Pass `False` when the caller handles the report.
+    - `warn`: with `strict=False`, warn (`LoadWarning`, a `UserWarning` carrying the
+      report) when the report is not ok, so a partial load is never silent. Pass `False`
+      when the caller handles the report.
+
+    **Raises:** `ConversionError` (strict); `TypeError` for a key that is not a string or a
+    value that is not a tensor, `ValueError` for a tensor without usable values (meta,
+    sparse, quantized), naming the key.
 
     **Returns:** `(model, report)`: the loaded model and a `LoadReport`.
     """
+    bad_key = next((k for k in state_dict if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise TypeError(
+            f"state_dict key {bad_key!r} is a {type(bad_key).__name__}, not a name: a state_dict "
+            "maps torch's parameter names ('conv1.weight', ...) to tensors"
+        )
     names = named_arrays(model)
     state_dict = strip_prefixes(state_dict, names)
-    first_conv = first_conv or getattr(type(model), "first_conv", None)
-    classifier = classifier or getattr(type(model), "classifier", None)
+    first_conv = first_conv or _class_path(model, "first_conv")
+    classifier = classifier or _class_path(model, "classifier")
     report = LoadReport()
     # Tensors cast here are fresh copies the model may own: they cross without another copy.
     accepted: list[tuple[str, torch.Tensor, torch.dtype | None]] = []
@@ -231,11 +294,11 @@ def load_state_dict(
             "or in_chans pass adapt=True (zoo.load does).",
         )
     if warn and not report.ok:
-        warnings.warn(
-            f"load_state_dict(strict=False): {report.summary()}\n(the returned report lists "
-            "every problem; pass warn=False if you handle it)",
-            stacklevel=2,
+        message = (
+            f"load_state_dict(strict=False): {report.summary()}\n(the returned report, also "
+            "this warning's .report, lists every problem; pass warn=False if you handle it)"
         )
+        warnings.warn(LoadWarning(message, report), stacklevel=2)
     return replace_arrays(model, new), report
 
 

@@ -32,11 +32,16 @@ def _path_to_name(path: tuple) -> str:
     return ".".join(parts)
 
 
+def _is_array(leaf: object) -> bool:
+    return eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+
+
 def named_arrays(model: PyTree) -> dict[str, Array]:
     """Every array of `model` under its torch state_dict name, in state_dict order
-    (field declaration order, which the models keep equal to torch's registration order)."""
+    (field declaration order, which the models keep equal to torch's registration order).
+    An abstract model (`eqx.filter_eval_shape(builder)`) names its `ShapeDtypeStruct`s."""
     leaves = jax.tree_util.tree_flatten_with_path(model)[0]
-    return {_path_to_name(path): leaf for path, leaf in leaves if eqx.is_array(leaf)}
+    return {_path_to_name(path): leaf for path, leaf in leaves if _is_array(leaf)}
 
 
 def is_buffer_name(name: str) -> bool:
@@ -96,7 +101,8 @@ def strip_prefixes(
     while out and stripped:
         stripped = False
         for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in out) and not any(
+            # A key that is no string (a malformed state_dict) has no prefix to strip.
+            if all(isinstance(k, str) and k.startswith(prefix) for k in out) and not any(
                 n.startswith(prefix) for n in names
             ):
                 out = {k[len(prefix) :]: v for k, v in out.items()}

@@ -107,6 +107,16 @@ class LoadReport:
         return "\n".join(lines) if lines else "all keys matched"
 
 
+class LoadWarning(UserWarning):
+    """Warned by a `strict=False` load that did not fit everywhere. `.report` holds the full
+    `LoadReport` (the message shows its summary), so code that catches the warning
+    (`warnings.catch_warnings(record=True)`) can act on every problem."""
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report
+
+
 class ConversionError(ValueError):
     """A state_dict does not fit the model. `.report` holds the full `LoadReport`."""
 

@@ -100,6 +100,19 @@ def _infer(state_dict: Mapping[str, torch.Tensor], info: ModelInfo, kwargs: dict
         kwargs["in_chans"] = int(stem.shape[1])
 
 
+def check_counts(num_classes: Any = None, in_chans: Any = None) -> None:
+    """Refuse a `num_classes` that is no int >= 0 or an `in_chans` that is no int >= 1
+    (`None` is fine: the checkpoint's, or the default)."""
+    for name, value, minimum, meaning in (
+        ("num_classes", num_classes, 0, "0 for a model without classifier"),
+        ("in_chans", in_chans, 1, "the images' channels: 3 for RGB, 1 for grayscale"),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r} ({meaning})")
+
+
 def cast_floats(model: M, dtype: Any) -> M:
     """`model` with its floating arrays cast to `dtype` (integer counters kept). The cast
     runs in NumPy: eager `astype` would compile one XLA program per shape."""
@@ -145,8 +158,10 @@ def load(
       torchvision's own checkpoint (downloaded through torch's hub cache).
     - `num_classes`, `in_chans`: as timm: a different `num_classes` than the checkpoint's
       re-initialises the classifier, a different `in_chans` adapts the first conv. When not
-      given, the checkpoint's are used.
+      given, the checkpoint's are used. An int >= 0 (0: no classifier) and an int >= 1.
     - `strict`: raise on any key, shape or dtype that does not fit (see `weights_convert`).
+      With `strict=False` what fits is loaded and a `weights_convert.LoadWarning` (its
+      `.report` the full `LoadReport`) says what did not; never silently.
     - `key`: PRNG key for the initialisation (default `jax.random.key(0)`).
     - `features_only`, `out_indices`: as timm: a model without classifier whose calls
       return the list of NCHW feature maps at `out_indices` (default all; see
@@ -168,16 +183,63 @@ def load(
             in_chans=in_chans,
             strict=strict,
             key=key,
+            features_only=features_only,
+            out_indices=out_indices,
+            dtype=dtype,
             **kwargs,
         )
     info = get_model_info(name)
-    if framework not in ("jax", "torch", "equinox"):
-        raise ValueError(f"framework must be 'jax', 'torch' or 'equinox', not {framework!r}")
+    check_counts(num_classes, in_chans)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
+    if framework not in ("jax", "torch", "equinox"):
+        raise ValueError(f"framework must be 'jax', 'torch' or 'equinox', not {framework!r}")
     state_dict, owned = (None, False) if weights is None else resolve_weights(info, weights)
+    return build(
+        info,
+        state_dict,
+        owned=owned,
+        source=weights if isinstance(weights, str | os.PathLike) else None,
+        adapt=num_classes is not None or in_chans is not None,
+        framework=framework,
+        strict=strict,
+        key=key,
+        features_only=features_only,
+        out_indices=out_indices,
+        dtype=dtype,
+        **kwargs,
+    )
+
+
+# `build`'s arguments that are not the architecture's own options.
+LOAD_OPTIONS = frozenset({"framework", "key", "features_only", "out_indices", "dtype"})
+
+
+def build(
+    info: ModelInfo,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    *,
+    owned: bool,
+    adapt: bool,
+    source: Any = None,
+    framework: Framework = "jax",
+    strict: bool = True,
+    key: PRNGKeyArray | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    dtype: Any = None,
+    stacklevel: int = 3,
+    **kwargs: Any,
+) -> Any:
+    """The second half of `zoo.load`: build `info`'s architecture with `kwargs`, fill it
+    with `state_dict` (`owned`: the zoo just read it, its tensors may be shared; `adapt`: the
+    caller's own num_classes/in_chans may re-initialise the head or adapt the stem; `source`:
+    the path it came from, for errors) and give it its face. `stacklevel` points a partial
+    load's warning at the caller of `zoo.load`."""
+    if framework not in ("jax", "torch", "equinox"):
+        raise ValueError(f"framework must be 'jax', 'torch' or 'equinox', not {framework!r}")
     if state_dict is not None:
         _infer(state_dict, info, kwargs)
     model = info.builder(key=jax.random.key(0) if key is None else key, **kwargs)
@@ -189,27 +251,28 @@ def load(
                 model,
                 state_dict,
                 strict=strict,
-                adapt=num_classes is not None or in_chans is not None,
+                adapt=adapt,
                 first_conv=info.first_conv,
                 classifier=info.classifier,
                 copy=not owned,
                 warn=False,  # warned here, at the caller of zoo.load
             )
         except wc.ConversionError as e:
-            if not isinstance(weights, str | os.PathLike):
+            if source is None:
                 raise
             raise wc.ConversionError(
                 e.report,
-                f"(weights from {weights}, loaded as {name!r}: a checkpoint of another "
+                f"(weights from {source}, loaded as {info.name!r}: a checkpoint of another "
                 "architecture? `zoo info` on the file shows what it holds; strict=False loads "
                 "what fits.)",
             ) from e
         if not report.ok:
-            warnings.warn(
-                f"zoo.load({name!r}, strict=False): the weights did not fit everywhere; the "
-                f"rest keeps its initialisation. {report.summary()}",
-                stacklevel=2,
+            message = (
+                f"zoo.load({info.name!r}, strict=False): the weights did not fit everywhere; "
+                f"the rest keeps its initialisation. {report.summary()}\n(this warning's "
+                ".report lists every problem)"
             )
+            warnings.warn(wc.LoadWarning(message, report), stacklevel=stacklevel)
     model = eval_mode(model)
     if features_only:
         model = model.features_only(out_indices)
@@ -220,8 +283,8 @@ def load(
     if framework == "torch":
         from .adapters import TorchModel  # imports torch
 
-        return TorchModel(model, name=name)
-    return JaxModel(model, name=name)
+        return TorchModel(model, name=info.name)
+    return JaxModel(model, name=info.name)
 
 
 def to_torchvision(face: JaxModel | TorchModel, name: str | None = None) -> torch.nn.Module:

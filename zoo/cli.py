@@ -6,9 +6,7 @@ Exit codes: 0 success, 1 a source could not be loaded or converted (one line on 
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,21 @@ class UsageError(CLIError):
     """Arguments that do not fit together: exit code 2, as argparse's own errors."""
 
 
+def _count(minimum: int, meaning: str):
+    """An argparse type: a whole number >= `minimum` (a usage error, exit 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} ({meaning}), got {value}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo",
@@ -63,12 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN", help="source to read (see 'zoo --help')")
     p.add_argument("output", metavar="OUT", help="folder, or a .safetensors file")
     p.add_argument("--arch", help="architecture, needed for a weights file or a torchvision tag")
-    p.add_argument("--num-classes", type=int, help="re-initialise the head to this many classes")
-    p.add_argument("--in-chans", type=int, help="adapt the first conv to this many channels")
+    p.add_argument(
+        "--num-classes",
+        type=_count(0, "0 for no classifier"),
+        help="re-initialise the head to this many classes (0: none)",
+    )
+    p.add_argument(
+        "--in-chans",
+        type=_count(1, "the images' channels"),
+        help="adapt the first conv to this many channels",
+    )
     p.add_argument("--labels", type=Path, help="text file with one class name per line")
     p.add_argument("--license", help="license for the model card (e.g. apache-2.0)")
     p.add_argument("--repo-id", help="repository named in the model card's usage snippet")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT, if it is an export (or a .safetensors file)",
+    )
 
     p = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
     p.add_argument("folder", metavar="FOLDER", help="folder written by 'zoo convert'")
@@ -144,22 +169,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _write_safetensors(model: Any, path: Path, overwrite: bool) -> None:
-    from safetensors.torch import save_file
-
     import weights_convert as wc
+    from zoo.hub import write_weights_file
 
-    if path.exists() and not overwrite:
-        raise CLIError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same all-or-nothing rule as save_pretrained: write aside, then rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(wc.to_state_dict(model, copy=False)), tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Same rules as save_pretrained: staged aside and renamed into place, ordinary
+    # permissions, non-finite weights refused, only a safetensors file replaced.
+    write_weights_file(wc.to_state_dict(model, copy=False), path, overwrite=overwrite)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -173,7 +188,11 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     else:
         labels = None
         if args.labels is not None:
-            labels = [line.strip() for line in args.labels.read_text().splitlines()]
+            try:
+                text = args.labels.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"--labels {args.labels}: cannot read it ({e})") from e
+            labels = [line.strip() for line in text.splitlines()]
             labels = [label for label in labels if label]
         zoo.save_pretrained(
             model,

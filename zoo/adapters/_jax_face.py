@@ -65,6 +65,19 @@ def _eval_intermediates(
     return out
 
 
+def _empty_batch(fn: Callable[..., Any], model: Any, x: Array, *rest: Any) -> Any:
+    """`fn(model, x, *rest)` for a batch of zero images: the outputs of a one-image batch
+    (their shapes only, nothing is computed), with zero rows, as torchvision returns them.
+    (The models' flattening reshapes cannot infer a dimension of an empty batch.)"""
+    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    out = eqx.filter_eval_shape(fn, model, one, *rest)
+    return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape[1:]), s.dtype), out)
+
+
+def _is_empty(x: Array) -> bool:
+    return x.ndim == 4 and x.shape[0] == 0
+
+
 @jit
 def _train_forward(model: Any, x: Array, key: PRNGKeyArray | None) -> tuple[Array, Any]:
     return train_mode(model)(x, key=key)
@@ -74,7 +87,8 @@ class JaxModel(eqx.Module):
     """`zoo.load(..., framework="jax")`: the Equinox model plus jitted functions over it.
 
     Calling it on an NCHW float batch (JAX or NumPy) returns eval-mode logits (the list of
-    feature maps after `features_only`) from a jitted computation. The model contract's
+    feature maps after `features_only`) from a jitted computation; an empty batch (zero
+    images) returns empty outputs, `(0, num_classes)`, as torchvision does. The model contract's
     methods (`forward_features`, `forward_head`, `forward_intermediates`, `feature_info`,
     `reset_classifier`, ...) are here too, jitted. It is a pytree, so it also works inside
     `eqx.filter_jit`, `eqx.filter_vmap` and `eqx.filter_grad` (its `inference` flags are
@@ -95,6 +109,8 @@ class JaxModel(eqx.Module):
 
     def __call__(self, x: Float[Array, "batch channels height width"]) -> Array:
         x = jnp.asarray(x)
+        if _is_empty(x):  # (0, classes), as torchvision; the input is still checked
+            return _empty_batch(_eval_logits, self.model, x)
         memo = self.__dict__.get("_hwio_cache")
         # A memo exists only on a concrete face; without one, look for tracers in the face.
         traced = isinstance(x, jax.core.Tracer) or (memo is None and _is_traced(self))
@@ -123,11 +139,17 @@ class JaxModel(eqx.Module):
     # -- the model contract, jitted in eval mode (see `zoo.models.ZooModel`) ---------------
     def forward_features(self, x: Float[Array, "batch channels height width"]) -> Array:
         """The final NCHW feature map before pooling."""
-        return _eval_features(self.model, jnp.asarray(x))
+        x = jnp.asarray(x)
+        if _is_empty(x):
+            return _empty_batch(_eval_features, self.model, x)
+        return _eval_features(self.model, x)
 
     def forward_head(self, x: Array, *, pre_logits: bool = False) -> Array:
         """Pool an NCHW feature map and classify it (`pre_logits`: what the classifier sees)."""
-        return _eval_head(self.model, jnp.asarray(x), pre_logits)
+        x = jnp.asarray(x)
+        if _is_empty(x):
+            return _empty_batch(_eval_head, self.model, x, pre_logits)
+        return _eval_head(self.model, x, pre_logits)
 
     def forward_intermediates(
         self,
@@ -140,9 +162,12 @@ class JaxModel(eqx.Module):
         """timm's `forward_intermediates` (see `ZooModel.forward_intermediates`), without
         the returned model: `intermediates`, or `(final_features, intermediates)`."""
         indices = tuple(indices) if isinstance(indices, Sequence) else indices
-        return _eval_intermediates(
-            self.model, jnp.asarray(x), indices, intermediates_only, stop_early
-        )
+        x = jnp.asarray(x)
+        if _is_empty(x):
+            return _empty_batch(
+                _eval_intermediates, self.model, x, indices, intermediates_only, stop_early
+            )
+        return _eval_intermediates(self.model, x, indices, intermediates_only, stop_early)
 
     @property
     def feature_info(self) -> tuple[FeatureInfo, ...]:
@@ -170,8 +195,13 @@ class JaxModel(eqx.Module):
 
     def train_forward(self, x: Array, *, key: PRNGKeyArray | None = None) -> tuple[Array, Self]:
         """Train-mode logits (batch statistics, dropout with `key`) and the face with its
-        BatchNorm buffers updated, as torch's in-place update would leave them."""
-        logits, model = _train_forward(self.model, jnp.asarray(x), key)
+        BatchNorm buffers updated, as torch's in-place update would leave them. An empty
+        batch gives empty logits and leaves the buffers as they were (zero images have no
+        statistics)."""
+        x = jnp.asarray(x)
+        if _is_empty(x):
+            return _empty_batch(_eval_logits, self.model, x), self
+        logits, model = _train_forward(self.model, x, key)
         return logits, eqx.tree_at(lambda f: f.model, self, eval_mode(model))
 
     @property

@@ -15,6 +15,7 @@ Design (what keeps the per-call cost flat):
 """
 
 import copy
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -256,7 +257,19 @@ class TorchModel(nn.Module):
     # -- compute ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for an NCHW float batch (after `features_only`, the list of feature maps);
-        differentiable w.r.t. the parameters and `x`."""
+        differentiable w.r.t. the parameters and `x`. `x` must be a `torch.Tensor` (a NumPy
+        array is refused with the fix: `torch.from_numpy`). An empty batch returns empty
+        outputs (`(0, num_classes)`, as torchvision), contributes no gradient and changes no
+        buffer."""
+        if not isinstance(x, torch.Tensor):
+            kind = f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+            raise TypeError(
+                f"TorchModel({self.name}) takes a torch.Tensor; got a {kind}. Convert it with "
+                "torch.from_numpy(x) (or call the JAX face, zoo.load(..., framework='jax'), "
+                "which takes NumPy and JAX arrays)."
+            )
+        if x.ndim == 4 and x.shape[0] == 0:
+            return self._empty_output(x)
         params = [p for p in self.parameters()]
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             out = _JaxFunction.apply(self, x, *params)
@@ -265,6 +278,27 @@ class TorchModel(nn.Module):
         out, new_flat = self._program.forward(self.training, *args)
         self._write_buffers(targets, new_flat)
         return _to_torch(out)
+
+    def _empty_output(self, x: torch.Tensor) -> Any:
+        # The outputs' shapes for one image, with zero rows: the models' flattening reshapes
+        # cannot infer a dimension of an empty batch. Nothing runs and no buffer changes.
+        (params, buffers, counters, _, seed), _ = self._arguments(x)
+        one = jax.ShapeDtypeStruct((1, *x.shape[1:]), _to_jax(x).dtype)
+        run = functools.partial(self._program._run, False)
+        out, _ = jax.eval_shape(run, params, buffers, counters, one, seed)
+        outs = _to_torch(
+            jax.tree_util.tree_map(lambda o: jnp.zeros((0, *o.shape[1:]), o.dtype), out)
+        )
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            # So that a training step's backward runs; zero images contribute no gradient.
+            outs = (
+                [o.requires_grad_() for o in outs]
+                if isinstance(outs, list)
+                else outs.requires_grad_()
+            )
+        return outs
 
     def _forward_vjp(self, x: torch.Tensor, input_grad: bool):
         args, targets = self._arguments(x)

@@ -1,10 +1,18 @@
 """Exporting to a Hub-ready folder (`save_pretrained`) and to the Hub (`push_to_hub`)."""
 
+import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
+import secrets
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +22,18 @@ import weights_convert as wc
 
 from .._registry import get_model_info
 from ..adapters import JaxModel, TorchModel
-from ._sources import CONFIG_NAME, WEIGHTS_NAME, fetch
+from ._sources import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, load_export, read_export
+
+try:  # POSIX: a staging folder is locked by its writer while it lives
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 CARD_NAME = "README.md"
-FORMAT_VERSION = 1
+EXPORT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, CARD_NAME})
+"""What `save_pretrained` writes, and all that `overwrite=True` agrees to replace."""
+# Without file locks (Windows), a staging folder this old is taken to be a killed export's.
+STALE_AFTER_S = 24 * 3600
 
 
 def _equinox_model(model: Any) -> Any:
@@ -167,12 +183,300 @@ def build_card(
     return "\n".join(lines)
 
 
-def _write_safetensors(state_dict: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
+# -- writing: staged aside, checked, then swapped into place in one step -----------------------
+
+
+def refuse_non_finite(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise `ValueError` if a tensor holds NaN or infinity: `zoo.load` would refuse the file,
+    so it is never written."""
+    bad = wc.non_finite_keys(state_dict)
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(
+            f"refusing to export non-finite weights (NaN or inf) in {', '.join(map(repr, bad[:3]))}"
+            f"{more}: zoo.load would refuse the file. Did the training diverge? Export a "
+            "checkpoint from before."
+        )
+
+
+def _sync(path: Path) -> None:
+    # Durable before the rename that publishes it: a power cut must not leave a complete-
+    # looking folder of empty files.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the data files are synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_safetensors(state_dict: Mapping[str, torch.Tensor], path: Path, mode: int) -> None:
     from safetensors.torch import save_file
 
     # One metadata key: safetensors orders several at random, and an export should be
     # byte-reproducible. timm and the Hub read "pt".
     save_file(dict(state_dict), str(path), metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (0600): give it the mode every
+    # other file of the export got from the umask.
+    os.chmod(path, mode)
+    _sync(path)
+
+
+def _write_text(path: Path, text: str) -> int:
+    """Write a new file with the process's ordinary permissions; returns its mode."""
+    with open(path, "x", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+        return os.fstat(f.fileno()).st_mode & 0o7777
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.partial-"
+
+
+def _lock(fd: int) -> bool:
+    """Take the writer's lock on an open staging folder or file; False if another holds it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def clean_stale(target: Path) -> None:
+    """Remove what killed exports to `target` left beside it (`.NAME.partial-*`, and the
+    `.NAME.old-*` of older versions): the staging folders or files no live writer holds
+    locked (without file locks, on Windows: those untouched for a day)."""
+    prefixes = (_staging_prefix(target), f".{target.name}.old-")
+    try:
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefixes)]
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if fcntl is None:
+                stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            else:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    stale = _lock(fd)  # a live writer holds its lock until it is done
+                finally:
+                    os.close(fd)  # the lock goes with it; a stale folder has no writer left
+            if stale and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            elif stale:
+                path.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or not ours to read: leave it
+            continue
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A new `.NAME.partial-XXXX` folder beside `target`, locked by this writer while it
+    lives (so `clean_stale` leaves it alone) and removed on the way out, whatever is left in
+    it. Created with the umask's permissions: mkdtemp's 0700 would make an export private."""
+    while True:
+        path = target.parent / f"{_staging_prefix(target)}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        if fcntl is None:  # no locks (Windows): clean_stale goes by age instead
+            fd = None
+            break
+        # A cleaner may take it between mkdir and the lock: then make another.
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            mine = _lock(fd) and os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            mine = False
+        if mine:
+            break
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        try:
+            shutil.rmtree(path, ignore_errors=True)  # gone already once renamed into place
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The permissions this process gives a new file (0666 less the umask), read from one
+    made for the purpose: os.umask would change process-wide state to read it."""
+    probe = folder / ".mode"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = os.stat(probe).st_mode & 0o7777
+    probe.unlink()
+    return mode
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28, musl >= 1.2.1
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    return function
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux's `renameat2(RENAME_EXCHANGE)`, which also
+    swaps non-empty folders); `False` where the system or the file system cannot."""
+    function = _renameat2()
+    if function is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if function(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Put the complete folder `staging` at `target`, replacing what is there in one step
+    where the system can (see `exchange`); what it replaced is deleted after."""
+    if not target.exists() and not target.is_symlink():
+        try:
+            os.rename(staging, target)  # atomic; replaces nothing but an empty folder
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(
+                    f"{target} appeared while it was being exported; export again to replace it"
+                ) from e
+            raise
+    elif exchange(staging, target):
+        # `staging` now holds the old export: a reader that opened it finishes, or starts
+        # over on the new one (see read_export).
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        # No atomic exchange (not Linux, or a file system without it): two renames, with a
+        # moment between them in which `target` does not exist.
+        old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    _sync(target.parent)
+
+
+def _export_problem(directory: Path) -> str | None:
+    """Why `directory` is not recognisably a zoo export (a phrase), or `None` if it is: only
+    the export's files, and a `config.json` with a `zoo` section."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror})"
+    others = [e.name + ("/" if e.is_dir() else "") for e in entries if e.name not in EXPORT_FILES]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return f"it holds {shown}, which no export has"
+    not_files = [e.name for e in entries if not e.is_file(follow_symlinks=False)]
+    if not_files:
+        return f"its {', '.join(not_files)} is not a plain file"
+    if CONFIG_NAME not in {e.name for e in entries}:
+        return "it has no config.json"
+    try:
+        with open(directory / CONFIG_NAME, "rb") as f:
+            config = json.loads(f.read(1 << 24).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return "its config.json is not readable JSON"
+    if not (isinstance(config, dict) and isinstance(config.get("zoo"), dict)):
+        return "its config.json has no 'zoo' section"
+    return None
+
+
+def check_target(directory: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, a `directory` that `save_pretrained` must not
+    replace: anything but a missing or empty folder, unless `overwrite` and it is a zoo
+    export."""
+    if directory.is_symlink():
+        raise FileExistsError(
+            f"{directory} is a symbolic link; export to the folder it points to "
+            f"({os.path.realpath(directory)}) or to a new path"
+        )
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is a file; export to a folder path")
+    if not any(directory.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{directory} exists and is not empty; pass overwrite=True to replace it"
+        )
+    problem = _export_problem(directory)
+    if problem is not None:
+        raise FileExistsError(
+            f"{directory} is not a folder written by zoo.save_pretrained: {problem}. "
+            "overwrite=True replaces only an export (config.json with a 'zoo' section, "
+            "model.safetensors, README.md), so nothing was deleted; export to a new folder, "
+            "or empty this one yourself."
+        )
+
+
+def write_weights_file(
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write `state_dict` to one `.safetensors` file, as `save_pretrained` writes its
+    `model.safetensors`: staged beside `path`, then renamed into place (so `path` is always
+    the old file or the new one), with ordinary permissions. `overwrite` replaces only a
+    safetensors file; non-finite weights are refused.
+
+    **Returns:** the path written.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+        if not _is_safetensors_file(path):
+            raise FileExistsError(
+                f"{path} is not a safetensors file; --overwrite replaces only one, so nothing "
+                "was deleted. Write to a new path, or remove it yourself."
+            )
+    refuse_non_finite(state_dict)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    with _staging(path) as staging:
+        _write_safetensors(state_dict, staging / path.name, _new_file_mode(staging))
+        os.replace(staging / path.name, path)  # a file is replaced in one step everywhere
+        _sync(path.parent)
+    return path
+
+
+def _is_safetensors_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt"):
+            return True
+    except Exception:  # safetensors' Rust errors have no stable Python name
+        return False
 
 
 def save_pretrained(
@@ -191,10 +495,14 @@ def save_pretrained(
 ) -> Path:
     """Write a Hub-ready folder: `model.safetensors`, `config.json` and `README.md`.
 
-    The folder is written next to `directory` under a temporary name and renamed into place,
-    so an interrupted export never leaves a half-written folder behind.
+    The folder is built beside `directory` under a hidden temporary name
+    (`.NAME.partial-XXXX`), synced, and swapped into place in one step, so `directory` is
+    always either absent, the old export, or the complete new one: an interrupted export
+    leaves no half-written folder, and a concurrent `zoo.load` gets the old or the new model.
+    A staging folder left by a killed export is removed by the next export to `directory`.
     `zoo.load("local-dir:<directory>")` loads it back bit-identical; torchvision
-    (`load_state_dict(safetensors.torch.load_file(...))`) and timm read it too.
+    (`load_state_dict(safetensors.torch.load_file(...))`) and timm read it too. The files
+    get the permissions of any new file (the umask's).
 
     **Arguments:**
 
@@ -205,42 +513,32 @@ def save_pretrained(
     - `model_kwargs`: extra constructor options to record (`num_classes`, `in_chans` and
       the model's `config_kwargs()`, such as a dropout rate, are recorded without asking).
     - `repo_id`, `license`, `datasets`, `metrics` (`{"top1": 69.8}`), `tags`: the model card.
-    - `overwrite`: replace an existing non-empty `directory` (still atomically).
+    - `overwrite`: replace an existing `directory` that is an export (only `config.json`
+      with a `zoo` section, `model.safetensors` and `README.md`; anything else is refused
+      and nothing is deleted), still in one step.
 
     **Returns:** the path of the folder written.
+
+    **Raises:** `FileExistsError` for a `directory` it must not replace; `ValueError` for
+    weights with NaN or infinity (`zoo.load` would refuse them).
     """
     directory = Path(directory).expanduser().absolute()
-    if (
-        directory.exists()
-        and not overwrite
-        and (not directory.is_dir() or any(directory.iterdir()))
-    ):
-        raise FileExistsError(
-            f"{directory} exists and is not empty; pass overwrite=True to replace it"
-        )
+    check_target(directory, overwrite)
     name, state_dict = _name_and_state_dict(model, name)
+    refuse_non_finite(state_dict)
     config = build_config(name, model, label_names=label_names, model_kwargs=model_kwargs)
     card = build_card(
         config, repo_id=repo_id, license=license, datasets=datasets, metrics=metrics, tags=tags
     )
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
-    try:
-        _write_safetensors(state_dict, staging / WEIGHTS_NAME, name)
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (staging / CARD_NAME).write_text(card, encoding="utf-8")
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; an export is ordinary data
-        if directory.exists():
-            # A rename cannot replace a non-empty folder: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, old / "x")
-            os.replace(staging, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    clean_stale(directory)
+    with _staging(directory) as staging:
+        mode = _write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        _write_text(staging / CARD_NAME, card)
+        _write_safetensors(state_dict, staging / WEIGHTS_NAME, mode)
+        _sync(staging)
+        check_target(directory, overwrite)  # again: it may have changed while we wrote
+        _publish(staging, directory)
     return directory
 
 
@@ -260,8 +558,12 @@ def push_to_hub(
 
     **Arguments:**
 
-    - `model`: what `save_pretrained` takes, or the path of a folder it wrote (uploaded as is,
-      after checking that it is complete).
+    - `model`: what `save_pretrained` takes, or the path of a folder it wrote. A folder is
+      read once (as `zoo.load` reads it, so a concurrent re-export cannot mix into it),
+      loaded to check it (a folder that does not load is refused, naming the file and the
+      problem), and only its export files (`config.json`, the weights, `README.md`) are
+      uploaded: anything else in it (`.env`, notes, subfolders) stays local, with a warning
+      listing it.
     - `repo_id`: `"org/name"`; the repository is created if it does not exist.
     - `private`: create the repository private.
     - `revision`: the branch to commit to (created if missing; default `main`).
@@ -275,10 +577,9 @@ def push_to_hub(
 
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
         if isinstance(model, str | os.PathLike):
-            folder = Path(model)
             if save_kwargs:
                 raise TypeError(f"{sorted(save_kwargs)} apply only when pushing a model")
-            fetch(f"local-dir:{folder}")  # refuses a folder that does not load
+            folder = _stage_folder(Path(model), Path(tmp) / "export")
         else:
             folder = save_pretrained(model, Path(tmp) / "export", repo_id=repo_id, **save_kwargs)
         api = HfApi(token=token)
@@ -293,3 +594,26 @@ def push_to_hub(
             create_pr=create_pr,
             commit_message=commit_message,
         )
+
+
+def _stage_folder(source: Path, staged: Path) -> Path:
+    """Copy an export's files (read once, together) from `source` to `staged`, after
+    checking that they load; warn about what is left out."""
+    files = read_export(source, card=True)
+    load_export(files, framework="equinox")  # strict: a folder that does not load is refused
+    staged.mkdir()
+    (staged / files.config_path.name).write_bytes(files.config)
+    (staged / files.weights_path.name).write_bytes(files.weights)
+    if files.card is not None:
+        (staged / CARD_NAME).write_bytes(files.card)
+    kept = {files.config_path.name, files.weights_path.name, CARD_NAME}
+    left = sorted(
+        e.name + ("/" if e.is_dir() else "") for e in os.scandir(source) if e.name not in kept
+    )
+    if left:
+        warnings.warn(
+            f"zoo.push_to_hub({str(source)!r}): not uploaded, as no export has them: "
+            f"{', '.join(left)}",
+            stacklevel=3,
+        )
+    return staged
