@@ -82,12 +82,15 @@ def progress_callback(mode: str, epochs: int):
     return Progress()
 
 
-def export_and_reload(module, directory: Path):
+def export_and_reload(module, directory: Path, args):
     """Export the trained model with `zoo.save_pretrained` (safetensors under torchvision's
-    names, config.json, model card) and load the folder back as a fresh zoo model (JAX face)."""
+    names, config.json, model card), recording the normalisation it was trained with, and
+    load the folder back as a fresh zoo model (JAX face)."""
     import zoo
+    from zoo.lightning import digits_preprocessing
 
-    zoo.save_pretrained(module.model, directory, overwrite=True)
+    preprocessing = digits_preprocessing(size=args.size, seed=args.seed)
+    zoo.save_pretrained(module.model, directory, overwrite=True, pretrained_cfg=preprocessing)
     return zoo.load(f"local-dir:{directory}"), directory / "model.safetensors"
 
 
@@ -149,7 +152,7 @@ def run(mode: str, args, data) -> dict:
     trainer.fit(module, train_loader, test_loader)
     fit_seconds = time.perf_counter() - start
     test_acc = trainer.test(module, test_loader, verbose=False)[0]["test_acc"]
-    reloaded, path = export_and_reload(module, Path(args.out) / f"{args.model}_{mode}")
+    reloaded, path = export_and_reload(module, Path(args.out) / f"{args.model}_{mode}", args)
     reload_acc = accuracy(reloaded, x_test, y_test)
     seconds = time.perf_counter() - start
     print(

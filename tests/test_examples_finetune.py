@@ -1,6 +1,7 @@
 """The Lightning examples run end to end at their --quick size (the CIFAR-10 one on its
 offline synthetic stand-in: CIFAR-10 itself needs the network)."""
 
+import json
 import re
 
 import pytest
@@ -41,10 +42,19 @@ def test_finetune_digits_quick(tmp_path):
     assert all(abs(last[m] - float(accs[m])) < 1e-3 for m in accs), (last, accs)
     assert "log_every_n_steps" not in proc.stderr, proc.stderr
     assert (tmp_path / "digits_cnn_curves.png").stat().st_size > 1000
+    from zoo.lightning import digits_preprocessing
+
+    trained_with = digits_preprocessing(size=32)
     for mode in ("torch", "jax"):
         # zoo.save_pretrained's folder: weights, config and model card.
         for name in ("model.safetensors", "config.json", "README.md"):
             assert (tmp_path / f"cnn_{mode}" / name).exists(), (mode, name)
+        # They record the normalisation the model was trained with, not the registry's.
+        cfg = json.loads((tmp_path / f"cnn_{mode}" / "config.json").read_text())
+        assert cfg["pretrained_cfg"]["mean"] == list(trained_with["mean"]), cfg
+        assert cfg["pretrained_cfg"]["std"] == list(trained_with["std"]), cfg
+        card = (tmp_path / f"cnn_{mode}" / "README.md").read_text()
+        assert f"mean {list(trained_with['mean'])}" in card, card
     # The exported and reloaded model scores what the trained one did.
     for line in proc.stdout.splitlines():
         if line.startswith("[") and "reloaded accuracy" in line:

@@ -81,6 +81,26 @@ def test_export_folder_layout_config_and_card(exported):
     assert 'zoo.load("local-dir:' in card and "torchvision.models.resnet18" in card
 
 
+def test_export_records_the_preprocessing_it_was_trained_with(tmp_path):
+    grey = zoo.load("cnn", framework="equinox", in_chans=1)
+    folder = zoo.save_pretrained(
+        grey, tmp_path / "grey", name="cnn", pretrained_cfg={"mean": [0.3], "std": [0.25]}
+    )
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    assert (cfg["mean"], cfg["std"], cfg["input_size"][0]) == ([0.3], [0.25], 1)
+    assert "mean [0.3] and std [0.25]" in (folder / "README.md").read_text()
+    assert zoo.load(f"local-dir:{folder}").in_chans == 1
+    for bad, match in [
+        ({"mean": [0.3, 0.3]}, "one value per input channel"),
+        ({"std": [0.0]}, "one positive value"),
+        ({"num_classes": 3}, "not preprocessing fields"),
+        ({"input_size": (3, 32, 32)}, r"\(1, height, width\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            zoo.save_pretrained(grey, tmp_path / "bad", name="cnn", pretrained_cfg=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_exported_weights_load_in_torchvision_strictly(exported, r18, tv18, images):
     sd = safetensors.torch.load_file(exported / "model.safetensors")
     assert sd["bn1.num_batches_tracked"].dtype == torch.int64

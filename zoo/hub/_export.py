@@ -63,6 +63,7 @@ def build_config(
     *,
     label_names: Sequence[str] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`config.json`: timm's fields (so timm and the Hub read it) plus a `zoo` section.
 
@@ -74,13 +75,16 @@ def build_config(
     - `label_names`: one name per class.
     - `model_kwargs`: constructor options to record beside the contract's
       (`ZooModel.config_kwargs`, e.g. the dropout rate).
+    - `pretrained_cfg`: the preprocessing the weights were trained with, where it is not
+      the registry's default (`mean`, `std`, `input_size`, `interpolation`, `crop_pct`):
+      a model trained on your own data records its own normalisation.
     """
     from .. import __version__
 
     info = get_model_info(name)
-    cfg = info.pretrained_cfg
     eqx_model = _equinox_model(model)
     num_classes, in_chans = int(eqx_model.num_classes), int(eqx_model.in_chans)
+    cfg = info.pretrained_cfg | _preprocessing(pretrained_cfg, in_chans)
     if label_names is not None and len(label_names) != num_classes:
         raise ValueError(
             f"label_names has {len(label_names)} entries but the model has {num_classes} "
@@ -113,6 +117,42 @@ def build_config(
         "version": __version__,
     }
     return config
+
+
+PREPROCESSING_FIELDS = ("input_size", "interpolation", "crop_pct", "mean", "std")
+
+
+def _preprocessing(overrides: Mapping[str, Any] | None, in_chans: int) -> dict[str, Any]:
+    """`overrides` checked: timm's preprocessing fields only, with values timm reads."""
+    if not overrides:
+        return {}
+    unknown = sorted(set(overrides) - set(PREPROCESSING_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"pretrained_cfg: {unknown} are not preprocessing fields; pass only "
+            f"{list(PREPROCESSING_FIELDS)} (num_classes and in_chans come from the model)"
+        )
+    out = dict(overrides)
+    for field in ("mean", "std"):
+        if field in out:
+            values = [float(v) for v in out[field]]
+            if len(values) != in_chans or (field == "std" and min(values) <= 0):
+                raise ValueError(
+                    f"pretrained_cfg[{field!r}] must hold one {'positive ' * (field == 'std')}"
+                    f"value per input channel ({in_chans}), got {out[field]!r}"
+                )
+            out[field] = tuple(values)
+    if "input_size" in out:
+        size = tuple(int(v) for v in out["input_size"])
+        if len(size) != 3 or size[0] != in_chans or min(size) < 1:
+            raise ValueError(
+                f"pretrained_cfg['input_size'] must be ({in_chans}, height, width), got "
+                f"{out['input_size']!r}"
+            )
+        out["input_size"] = size
+    if "crop_pct" in out and not 0 < float(out["crop_pct"]) <= 1:
+        raise ValueError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {out['crop_pct']!r}")
+    return out
 
 
 def build_card(
@@ -486,6 +526,7 @@ def save_pretrained(
     name: str | None = None,
     label_names: Sequence[str] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
     license: str | None = None,
     datasets: Sequence[str] | None = None,
@@ -512,6 +553,9 @@ def save_pretrained(
     - `label_names`: one name per class, stored in `config.json` as timm does.
     - `model_kwargs`: extra constructor options to record (`num_classes`, `in_chans` and
       the model's `config_kwargs()`, such as a dropout rate, are recorded without asking).
+    - `pretrained_cfg`: the preprocessing the weights expect where it differs from the
+      registry's (`{"mean": [0.305], "std": [0.324]}` for a model trained on data you
+      standardised yourself): `config.json` and the card record it, for timm and for users.
     - `repo_id`, `license`, `datasets`, `metrics` (`{"top1": 69.8}`), `tags`: the model card.
     - `overwrite`: replace an existing `directory` that is an export (only `config.json`
       with a `zoo` section, `model.safetensors` and `README.md`; anything else is refused
@@ -526,7 +570,13 @@ def save_pretrained(
     check_target(directory, overwrite)
     name, state_dict = _name_and_state_dict(model, name)
     refuse_non_finite(state_dict)
-    config = build_config(name, model, label_names=label_names, model_kwargs=model_kwargs)
+    config = build_config(
+        name,
+        model,
+        label_names=label_names,
+        model_kwargs=model_kwargs,
+        pretrained_cfg=pretrained_cfg,
+    )
     card = build_card(
         config, repo_id=repo_id, license=license, datasets=datasets, metrics=metrics, tags=tags
     )

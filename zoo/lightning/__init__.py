@@ -10,6 +10,7 @@ from ._data import (
     ArrayDataset as ArrayDataset,
     EpochShuffleSampler as EpochShuffleSampler,
     digits_arrays as digits_arrays,
+    digits_preprocessing as digits_preprocessing,
     numpy_collate as numpy_collate,
     numpy_loader as numpy_loader,
     worker_context as worker_context,

@@ -125,16 +125,11 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(rng.permutation(self.num_samples).tolist())
 
 
-def digits_arrays(
-    size: int = 32, test_fraction: float = 0.2, seed: int = 0, channels: int = 1
+def _digits_split(
+    size: int, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's bundled digits (1,797 real 8x8 grayscale images, 10 classes), upsampled
-    bilinearly to `size`x`size`, standardised, and split (stratified) into a training and a
-    held-out test set. No download.
-
-    **Returns:** `(x_train, y_train, x_test, y_test)`, images float32 `(N, channels, size,
-    size)`, labels int64.
-    """
+    """The digits in [0, 1] (value / 16), resized to `size`, split (stratified): not yet
+    standardised."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -144,10 +139,27 @@ def digits_arrays(
         images = torch.nn.functional.interpolate(
             images, size=(size, size), mode="bilinear", align_corners=False
         )
-    images = images.numpy()
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
+    return train_test_split(
+        images.numpy(),
+        digits.target,
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=digits.target,
     )
+
+
+def digits_arrays(
+    size: int = 32, test_fraction: float = 0.2, seed: int = 0, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (1,797 real 8x8 grayscale images, 10 classes), scaled
+    to [0, 1], upsampled bilinearly to `size`x`size`, split (stratified) into a training and
+    a held-out test set, and standardised with the training set's mean and std (which
+    `digits_preprocessing` returns, for an export to record). No download.
+
+    **Returns:** `(x_train, y_train, x_test, y_test)`, images float32 `(N, channels, size,
+    size)`, labels int64.
+    """
+    x_train, x_test, y_train, y_test = _digits_split(size, test_fraction, seed)
     mean, std = float(x_train.mean()), float(x_train.std())
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     if channels != 1:
@@ -159,3 +171,22 @@ def digits_arrays(
         np.ascontiguousarray(x_test, dtype=np.float32),
         y_test.astype(np.int64),
     )
+
+
+def digits_preprocessing(
+    size: int = 32, test_fraction: float = 0.2, seed: int = 0, channels: int = 1
+) -> dict[str, Any]:
+    """The preprocessing `digits_arrays` applies with the same arguments, in timm's
+    `pretrained_cfg` fields (for `zoo.save_pretrained(..., pretrained_cfg=...)`): the
+    training set's mean and std of the [0, 1] pixels, the input size, bilinear resizing, no
+    crop.
+    """
+    x_train, _, _, _ = _digits_split(size, test_fraction, seed)
+    mean, std = float(x_train.mean()), float(x_train.std())
+    return {
+        "input_size": (channels, size, size),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "mean": (mean,) * channels,
+        "std": (std,) * channels,
+    }
