@@ -27,7 +27,7 @@ from benchmarks._common import emit  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache-dir", required=True)
-    parser.add_argument("--model", default="resnet18", choices=["resnet18", "small_cnn"])
+    parser.add_argument("--model", default="resnet18", choices=zoo.list_models())
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=2)  # train-mode BN needs 2
     args = parser.parse_args()
@@ -38,7 +38,7 @@ def main() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     t_imported = time.time()
     # The user's path: zoo.load (registry, build, JAX face) to the first logits.
-    face = zoo.load("resnet18" if args.model == "resnet18" else "cnn", num_classes=10)
+    face = zoo.load(args.model, num_classes=10)
     x = jnp.asarray(np.zeros((args.batch, 3, args.size, args.size), np.float32))
     t = time.time()
     face(x).block_until_ready()

@@ -2,7 +2,8 @@
 
 `python -m benchmarks._throughput --model resnet18 --frameworks jax --device cpu --cases
 '[...]'`; prints one `BENCH_RESULT` JSON line (a list of rows). Several frameworks run one
-after the other.
+after the other. `--model` is any registered name: the torch side is the registry's torch
+twin (torchvision's model, or the zoo's own twin for the CNN), the JAX side its builder.
 
 A case's `dtype` is `fp32` or `bf16`. bf16 is mixed precision on both sides, the way each
 framework's users run it: torch under `torch.autocast(device, torch.bfloat16)` (bf16
@@ -30,7 +31,6 @@ import torch  # noqa: E402
 from benchmarks._common import emit, measure, set_torch_threads, summarize  # noqa: E402
 
 LR, MOMENTUM, NUM_CLASSES = 0.01, 0.9, 10
-REGISTRY_NAME = {"resnet18": "resnet18", "small_cnn": "cnn"}
 Step = Callable[[], None]
 
 
@@ -41,14 +41,11 @@ def _data(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _torch_model(model: str) -> torch.nn.Module:
-    import torchvision
-
-    torch.manual_seed(0)
-    if model == "resnet18":
-        return torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    """The registry's torch twin of `model` (torchvision's model for torchvision's names)."""
     import zoo
 
-    return zoo.models.SmallCNNTorch(num_classes=NUM_CLASSES)
+    torch.manual_seed(0)
+    return zoo.get_model_info(model).torch_builder(num_classes=NUM_CLASSES)
 
 
 def _torch_steps(
@@ -100,14 +97,13 @@ class Runner:
                     f"asked for {device} but JAX's default backend is {backend}: install "
                     "JAX for the GPU (`pip install -e '.[cuda]'`) or pass --device cpu"
                 )
-            build = zoo.models.resnet18 if model == "resnet18" else zoo.models.SmallCNN
-            self.eqx_model = build(num_classes=NUM_CLASSES)
+            self.eqx_model = zoo.get_model_info(model).builder(num_classes=NUM_CLASSES)
         elif framework == "torch_face":
             import zoo
 
             if not hasattr(zoo, "load"):
                 raise NotAvailable("n/a (not yet available: zoo.load is missing)")
-            self.module = zoo.load(REGISTRY_NAME[model], framework="torch", num_classes=10)
+            self.module = zoo.load(model, framework="torch", num_classes=NUM_CLASSES)
         else:
             self.module = _torch_model(model)
             if framework == "channels_last":
@@ -149,7 +145,7 @@ class Runner:
         if mode == "eval":
             # The face users call (`zoo.load(name)(x)`): a jitted eval forward that reads its
             # HWIO copy of the conv weights.
-            face = zoo.JaxModel(zoo.eval_mode(self.eqx_model), name=REGISTRY_NAME[self.model])
+            face = zoo.JaxModel(zoo.eval_mode(self.eqx_model), name=self.model)
             return lambda: face(x).block_until_ready()
         optimizer = optax.sgd(LR, momentum=MOMENTUM)
         train_step = zoo.make_train_step(optimizer)
@@ -174,7 +170,7 @@ class NotAvailable(Exception):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True, choices=sorted(REGISTRY_NAME))
+    parser.add_argument("--model", required=True, help="a registered name (zoo.list_models())")
     parser.add_argument("--frameworks", required=True, help="comma-separated, run in order")
     parser.add_argument("--cases", required=True, help="JSON list of {mode, batch, size, dtype}")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

@@ -2,6 +2,11 @@
 
     python -m benchmarks.run [--quick] [--out artifacts/benchmarks] [--threads N]
                              [--device auto|cpu|cuda] [--dtypes fp32,bf16]
+                             [--models resnet18,cnn,convnext_tiny,...]
+
+The throughput tables cover ResNet18 and the small CNN at several batch sizes, and one
+common variant of each other family (`FAMILY_MODELS`: eval and train at batch 8, 224x224);
+`--models` picks any registered names instead (`--quick`: ResNet18 and the CNN only).
 
 Every (model, framework) pair, the conversion benchmark, each compile-cache process and each
 Lightning-epoch run (`benchmarks/lightning_epoch.py`) run in their own subprocess, so thread
@@ -39,7 +44,19 @@ FRAMEWORKS = {
     "channels_last": "torch channels_last",
     "compile": "torch.compile",
 }
-MODELS = {"resnet18": "ResNet18", "small_cnn": "SmallCNN"}
+CORE_MODELS = ("resnet18", "cnn")
+# One common variant per family: the one people fine-tune most.
+FAMILY_MODELS = (
+    "mobilenet_v3_large",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "regnet_y_400mf",
+    "vgg16",
+    "alexnet",
+    "squeezenet1_1",
+)
+TITLES = {"resnet18": "ResNet18", "cnn": "SmallCNN"}
 
 
 DTYPES = ("fp32", "bf16")
@@ -51,12 +68,29 @@ def _case(mode: str, batch: int, size: int, dtype: str) -> dict[str, Any]:
     return {"mode": mode, "batch": batch, "size": size, "dtype": dtype}
 
 
+def title(model: str) -> str:
+    return TITLES.get(model, model)
+
+
+def default_models(quick: bool) -> list[str]:
+    """ResNet18 and the CNN, and in a full run each family's common variant."""
+    import zoo
+
+    if quick:
+        return list(CORE_MODELS)
+    registered = set(zoo.list_models())
+    return [*CORE_MODELS, *(m for m in FAMILY_MODELS if m in registered)]
+
+
 def cases(model: str, quick: bool, dtypes: list[str] | None = None) -> list[dict[str, Any]]:
     out = []
     for dtype in dtypes or ["fp32"]:
         if quick:  # ResNet18's train step alone compiles for ~10 s: only the CNN trains
             out += [_case("eval", 2, 32, dtype)]
-            out += [_case("train", 2, 32, dtype)] * (model == "small_cnn")
+            out += [_case("train", 2, 32, dtype)] * (model == "cnn")
+            continue
+        if model not in CORE_MODELS:  # a family's row: ImageNet size, one batch
+            out += [_case("eval", 8, 224, dtype), _case("train", 8, 224, dtype)]
             continue
         big = 224 if model == "resnet18" else 32  # the CNN is a 32x32 model
         out += [
@@ -167,7 +201,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def compile_cache(opts: argparse.Namespace) -> list[dict[str, Any]]:
-    model, size = ("small_cnn", "32") if opts.quick else ("resnet18", "224")
+    model, size = ("cnn", "32") if opts.quick else ("resnet18", "224")
     rows = []
     with tempfile.TemporaryDirectory(prefix="jax-cache-") as cache_dir:
         for process in ("1st process (empty cache)", "2nd process (warm cache)"):
@@ -264,10 +298,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     rows = results["throughput"]
-    for model, title in MODELS.items():
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
         labels, grid = _grid(rows, model)
         runs = sorted({r["runs"] for r in rows if r["model"] == model and "runs" in r})
-        out += [f"### {title}", "", "| case | " + " | ".join(FRAMEWORKS.values()) + " |"]
+        out += [f"### {title(model)}", "", "| case | " + " | ".join(FRAMEWORKS.values()) + " |"]
         out.append("|---" * (len(FRAMEWORKS) + 1) + "|")
         for label in labels:
             cells = [_cell(grid.get((label, fw))) for fw in FRAMEWORKS]
@@ -283,9 +318,9 @@ def markdown(results: dict[str, Any]) -> str:
         "one compiled module per mode, so only the first case of each mode compiles.",
         "",
     ]
-    for model, title in MODELS.items():
+    for model in models:
         labels, grid = _grid(rows, model)
-        out += [f"### {title}", "", "| case | " + " | ".join(FRAMEWORKS.values()) + " |"]
+        out += [f"### {title(model)}", "", "| case | " + " | ".join(FRAMEWORKS.values()) + " |"]
         out.append("|---" * (len(FRAMEWORKS) + 1) + "|")
         for label in labels:
             cells = []
@@ -307,7 +342,7 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["compile_cache"]:
         if "to_first_logits_s" in r:
             out.append(
-                f"| {r['process']} | {MODELS[r['model']]}, {r['size']}x{r['size']} | "
+                f"| {r['process']} | {title(r['model'])}, {r['size']}x{r['size']} | "
                 f"{r['to_first_logits_s']:.2f} | "
                 f"{r['imports_s']:.2f} | {r.get('load_s', float('nan')):.2f} | "
                 f"{r['first_forward_call_s']:.2f} | "
@@ -383,8 +418,15 @@ def chart_figure(results: dict[str, Any]):
     import matplotlib.pyplot as plt
 
     rows = results["throughput"]
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(7 * len(MODELS), 4.5), squeeze=False)
-    for ax, (model, title) in zip(axes[0], MODELS.items(), strict=True):
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    columns = min(len(models), 3)
+    grid_rows = -(-len(models) // columns)
+    fig, axes = plt.subplots(
+        grid_rows, columns, figsize=(7 * columns, 4.5 * grid_rows), squeeze=False
+    )
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models, strict=False):
         labels, grid = _grid(rows, model)
         width = 0.8 / len(FRAMEWORKS)
         for i, (fw, name) in enumerate(FRAMEWORKS.items()):
@@ -397,8 +439,8 @@ def chart_figure(results: dict[str, Any]):
         ax.set_ylabel("images/s relative to torch eager")
         meta = results["meta"]
         ax.set_title(
-            f"{title}, {'+'.join(meta['dtypes'])} on {meta['device']}, {meta['threads']} threads "
-            "(missing bar = not run)"
+            f"{title(model)}, {'+'.join(meta['dtypes'])} on {meta['device']}, "
+            f"{meta['threads']} threads (missing bar = not run)"
         )
     axes[0][0].legend(fontsize=8)
     if results["meta"]["quick"]:
@@ -427,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="for the throughput"
     )
     parser.add_argument("--dtypes", help="comma-separated: fp32, bf16 (default: fp32; GPU: both)")
+    parser.add_argument(
+        "--models", help="comma-separated registered names (default: ResNet18, the CNN, families)"
+    )
     opts = parser.parse_args(argv)
     opts.device = resolve_device(opts.device)
     opts.dtypes = (
@@ -436,15 +481,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     if unknown := set(opts.dtypes) - set(DTYPES):
         parser.error(f"unknown --dtypes {sorted(unknown)}; choose from {', '.join(DTYPES)}")
+    import zoo
+
+    models = opts.models.split(",") if opts.models else default_models(opts.quick)
+    if unknown := set(models) - set(zoo.list_models()):
+        parser.error(f"unknown --models {sorted(unknown)}; see `zoo list`")
     opts.jobs = opts.jobs or (2 if opts.quick else 1)
     opts.timeout = opts.timeout or (120.0 if opts.quick else 600.0)
     start = time.time()
     # One process per (model, framework); --quick shares one process per model, to save the
     # ~4 s of imports per process.
     if opts.quick:
-        groups = [(m, list(FRAMEWORKS)) for m in MODELS]
+        groups = [(m, list(FRAMEWORKS)) for m in models]
     else:
-        groups = [(m, [fw]) for m in MODELS for fw in FRAMEWORKS]
+        groups = [(m, [fw]) for m in models for fw in FRAMEWORKS]
     with ThreadPoolExecutor(opts.jobs) as pool:
         # Lightning epochs first: one process per (model, framework), one after the other, the
         # longest chain of the run; started last, it ran alone at the end of a --jobs 2 run.

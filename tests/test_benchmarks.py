@@ -35,7 +35,7 @@ def test_quick_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert meta["device"] == "cpu" and meta["dtypes"] == ["fp32", "bf16"]
 
     rows = {(r["model"], r["framework"], r["mode"], r["dtype"]): r for r in results["throughput"]}
-    expected = [("resnet18", "eval"), ("small_cnn", "eval"), ("small_cnn", "train")]
+    expected = [("resnet18", "eval"), ("cnn", "eval"), ("cnn", "train")]
     for (model, mode), dtype in itertools.product(expected, ("fp32", "bf16")):
         for framework in ("jax", "torch_face", "eager", "channels_last"):
             row = rows[model, framework, mode, dtype]
@@ -106,7 +106,7 @@ def test_throughput_worker_refuses_a_gpu_run_on_a_cpu_only_jax() -> None:
     code = (
         "import jax; from benchmarks._throughput import Runner\n"
         "assert jax.default_backend() == 'cpu'\n"
-        "try:\n    Runner('small_cnn', 'jax', 'cuda')\n"
+        "try:\n    Runner('cnn', 'jax', 'cuda')\n"
         "except RuntimeError as e:\n    print(e)\n"
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

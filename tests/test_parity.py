@@ -40,12 +40,9 @@ TOL = 1e-5
 
 def make_pair(name: str, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
-    if name == "small_cnn":
-        reference = zoo.models.SmallCNNTorch(**kwargs)
-    else:
-        reference = getattr(torchvision.models, name)(**kwargs)
-    randomize_batchnorm(reference, seed)
-    model = getattr(zoo.models, name)(**kwargs)
+    info = zoo.get_model_info(name)
+    reference = randomize_batchnorm(info.torch_builder(**kwargs), seed)
+    model = info.builder(**kwargs)
     model, _ = wc.load_state_dict(model, reference.state_dict())
     return reference, model
 
@@ -91,8 +88,8 @@ def test_resnet50_constructor_options(kwargs, images):
 
 
 @pytest.mark.parametrize("in_chans", [3, 1])
-def test_small_cnn_eval_logits(in_chans, images):
-    reference, model = make_pair("small_cnn", in_chans=in_chans)
+def test_cnn_eval_logits(in_chans, images):
+    reference, model = make_pair("cnn", in_chans=in_chans)
     x = images(4, in_chans, 32, 32)
     with torch.no_grad():
         ref = reference.eval()(x)
@@ -104,9 +101,9 @@ def train_forward(model, x):
     return zoo.train_mode(model)(x)
 
 
-@pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("small_cnn", (32, 32))])
+@pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("cnn", (32, 32))])
 def test_train_mode_outputs_and_running_stats_over_steps(name, size, images):
-    kwargs = {"drop_rate": 0.0} if name == "small_cnn" else {}  # dropout draws differ by design
+    kwargs = {"drop_rate": 0.0} if name == "cnn" else {}  # dropout draws differ by design
     reference, model = make_pair(name, **kwargs)
     reference.train()
     for step in range(3):
@@ -132,12 +129,12 @@ GRADIENT_CASES = [
     ("resnet18", (64, 64), 4, 13),
     ("resnet18", (32, 32), 8, 30),
     ("resnet18", (48, 48), 4, 115),
-    ("small_cnn", (32, 32), 4, 53),
+    ("cnn", (32, 32), 4, 53),
 ]
 
 
 def gradient_case(name: str, size: tuple[int, int], batch: int, seed: int, images):
-    kwargs = {"drop_rate": 0.0} if name == "small_cnn" else {}
+    kwargs = {"drop_rate": 0.0} if name == "cnn" else {}
     reference, model = make_pair(name, **kwargs)
     labels = torch.tensor([1, 0, 3, 2] * (batch // 4))
     return reference.train(), model, images(batch, 3, *size, seed=seed), labels
