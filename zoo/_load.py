@@ -57,7 +57,7 @@ def _torchvision_tag(info: ModelInfo, weights: Any) -> str | None:
     if tag not in DEFAULT_TAGS and tag not in tags:
         raise WeightsError(
             f"{info.torchvision_weights} has no tag {tag!r}; its tags are "
-            f"{', '.join((*DEFAULT_TAGS, *tags))}"
+            f"{', '.join(dict.fromkeys((*DEFAULT_TAGS, *tags)))}"
         )
     return tag
 
