@@ -25,6 +25,11 @@ import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n N` each worker is one of N processes sharing the cores: torch's own
+    # thread pool would oversubscribe them (a float64 forward took 1-16 s instead of 0.1 s).
+    torch.set_num_threads(1)
+
 
 def run_python(
     args: Sequence[str],

@@ -7,6 +7,7 @@ whose `test_cfg["slow"]` is set (the deep variants) are compared in float64 at t
 `pytest -m large`; the default run covers the smallest variant of each family at full fidelity.
 """
 
+import functools
 import json
 
 import equinox as eqx
@@ -33,13 +34,28 @@ LARGE = [n for n in ALL if zoo.get_model_info(n).test_cfg["slow"]]
 WITH_TIMM = [n for n in DEFAULT if zoo.get_model_info(n).timm_name]
 
 
+@functools.cache
+def _reference_state(name: str, seed: int, options: tuple) -> dict[str, torch.Tensor]:
+    """The torch twin's state_dict (random weights, randomised BatchNorm statistics), made
+    once per test session: torch's initialisers take seconds on the large models (VGG)."""
+    torch.manual_seed(seed)
+    reference = randomize_batchnorm(zoo.get_model_info(name).torch_builder(**dict(options)), seed)
+    return {k: v.detach().clone() for k, v in reference.state_dict().items()}
+
+
 def reference_pair(name: str, seed: int = 0, **kwargs):
     """The torch twin (random weights, randomised BatchNorm statistics) and the zoo model
-    loaded with its state_dict (eval mode)."""
+    loaded with its state_dict (eval mode). Each call gets its own copies."""
     info = zoo.get_model_info(name)
-    torch.manual_seed(seed)
-    reference = randomize_batchnorm(info.torch_builder(**kwargs), seed)
-    model = zoo.load(name, framework="equinox", weights=reference.state_dict(), **kwargs)
+    state = _reference_state(name, seed, tuple(sorted(kwargs.items())))
+    with torch.device("meta"):  # a module tree without drawing its weights
+        reference = info.torch_builder(**kwargs)
+    reference.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+    if any(t.is_meta for t in (*reference.parameters(), *reference.buffers())):
+        # A non-persistent buffer (not in the state_dict): build the module for real.
+        reference = info.torch_builder(**kwargs)
+        reference.load_state_dict(state)
+    model = zoo.load(name, framework="equinox", weights=state, **kwargs)
     return reference, model
 
 
@@ -156,7 +172,8 @@ def test_both_faces_compute_the_equinox_model(name):
     assert max_abs_diff(jax_face(x.numpy()), plain) <= tol
     with torch.no_grad():
         assert max_abs_diff(torch_face(x), plain) <= tol
-    assert torch_face.state_dict().keys() == reference.state_dict().keys()
+    # In order, not as sets: torch pairs parameters and gradients by registration order.
+    assert list(torch_face.state_dict()) == list(reference.state_dict())
     for face in (jax_face, torch_face):
         assert (face.num_classes, face.in_chans) == (model.num_classes, model.in_chans)
         assert face.num_features == model.num_features
@@ -269,6 +286,8 @@ def test_feature_maps_equal_timms(name):
 @pytest.mark.parametrize("name", DEFAULT)
 def test_hub_round_trip(name, tmp_path):
     _, model = reference_pair(name, num_classes=6)
+    # Without num_classes, a checkpoint's own head decides it (a Linear's or a conv's rows).
+    assert zoo.load(name, framework="equinox", weights=wc.to_state_dict(model)).num_classes == 6
     face = zoo.JaxModel(model, name=name)
     folder = zoo.save_pretrained(face, tmp_path / name)
     back = zoo.load(f"local-dir:{folder}")

@@ -89,15 +89,8 @@ def resolve_weights(info: ModelInfo, weights: Any) -> tuple[dict[str, torch.Tens
 def _infer(state_dict: Mapping[str, torch.Tensor], info: ModelInfo, kwargs: dict) -> None:
     # Without an explicit num_classes/in_chans, take the checkpoint's own (timm asks for them
     # explicitly; inferring spares users a mismatch error for a fine-tuned checkpoint).
-    head = state_dict.get(f"{info.classifier}.weight")
-    stem = state_dict.get(f"{info.first_conv}.weight")
-    if "num_classes" not in kwargs:
-        if head is not None and head.ndim == 2:
-            kwargs["num_classes"] = int(head.shape[0])
-        elif head is None and not any(k.startswith(f"{info.classifier}.") for k in state_dict):
-            kwargs["num_classes"] = 0  # a headless checkpoint (timm's num_classes=0)
-    if "in_chans" not in kwargs and stem is not None and stem.ndim == 4:
-        kwargs["in_chans"] = int(stem.shape[1])
+    for count, (value, _) in info.counts_in(state_dict).items():
+        kwargs.setdefault(count, value)
 
 
 def check_counts(num_classes: Any = None, in_chans: Any = None) -> None:

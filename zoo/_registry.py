@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import equinox as eqx
@@ -82,6 +82,25 @@ class ModelInfo:
     def classifier(self) -> str:
         """The classifier's path (the model class's `classifier`)."""
         return self.pretrained_cfg.get("classifier") or self.model_class.classifier_path
+
+    def counts_in(self, state_dict: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
+        """The `num_classes` and `in_chans` that `state_dict` pins down, each with the
+        evidence (a phrase): the classifier's rows (a Linear's, or a 1x1 convolution's as
+        SqueezeNet's), 0 where it has no classifier keys (timm's `num_classes=0`), and the
+        stem convolution's input channels."""
+        head_key, stem_key = f"{self.classifier}.weight", f"{self.first_conv}.weight"
+        head, stem = state_dict.get(head_key), state_dict.get(stem_key)
+        counts: dict[str, tuple[int, str]] = {}
+        if head is not None and len(head.shape) in (2, 4):
+            counts["num_classes"] = (
+                int(head.shape[0]),
+                f"{head_key} has shape {tuple(head.shape)}",
+            )
+        elif head is None and not any(k.startswith(f"{self.classifier}.") for k in state_dict):
+            counts["num_classes"] = (0, f"it has no {self.classifier}.* keys: no classifier")
+        if stem is not None and len(stem.shape) == 4:
+            counts["in_chans"] = (int(stem.shape[1]), f"{stem_key} has shape {tuple(stem.shape)}")
+        return counts
 
     def weight_tags(self) -> list[str]:
         """Every tag of the model's torchvision weights enum (`IMAGENET1K_V1`, ...), read

@@ -529,15 +529,7 @@ def _check_counts(
 ) -> None:
     """The config's num_classes and in_chans must be the weights' (the classifier's rows,
     the stem's input channels): the weights are the truth."""
-    head_key, stem_key = f"{info.classifier}.weight", f"{info.first_conv}.weight"
-    head, stem = state_dict.get(head_key), state_dict.get(stem_key)
-    truth: dict[str, tuple[int, str]] = {}
-    if head is not None and head.ndim == 2:
-        truth["num_classes"] = (int(head.shape[0]), f"{head_key} has shape {tuple(head.shape)}")
-    elif head is None and not any(k.startswith(f"{info.classifier}.") for k in state_dict):
-        truth["num_classes"] = (0, f"it has no {info.classifier}.* keys: no classifier")
-    if stem is not None and stem.ndim == 4:
-        truth["in_chans"] = (int(stem.shape[1]), f"{stem_key} has shape {tuple(stem.shape)}")
+    truth = info.counts_in(state_dict)
     for count, fields in _recorded_counts(config).items():
         if count in explicit or count not in truth:
             continue
