@@ -48,11 +48,14 @@ def reference_pair(name: str, seed: int = 0, **kwargs):
     loaded with its state_dict (eval mode). Each call gets its own copies."""
     info = zoo.get_model_info(name)
     state = _reference_state(name, seed, tuple(sorted(kwargs.items())))
-    with torch.device("meta"):  # a module tree without drawing its weights
-        reference = info.torch_builder(**kwargs)
-    reference.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
-    if any(t.is_meta for t in (*reference.parameters(), *reference.buffers())):
-        # A non-persistent buffer (not in the state_dict): build the module for real.
+    try:
+        with torch.device("meta"):  # a module tree without drawing its weights
+            reference = info.torch_builder(**kwargs)
+        reference.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+        on_meta = any(t.is_meta for t in (*reference.parameters(), *reference.buffers()))
+    except NotImplementedError:  # a constructor that computes with tensors (RegNet's widths)
+        on_meta = True
+    if on_meta:  # or a non-persistent buffer, not in the state_dict: build it for real
         reference = info.torch_builder(**kwargs)
         reference.load_state_dict(state)
     model = zoo.load(name, framework="equinox", weights=state, **kwargs)
