@@ -5,9 +5,27 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-from ._conv import _height_width, _output_size, _pair
+from ._conv import _height_width, _pair
+
+
+def _pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """torch's `pooling_output_shape`: with `ceil_mode` the division rounds up, but a window
+    must start inside the input or its left padding (one starting in the right padding is
+    dropped)."""
+    out = (size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _max_pool_output_hw(x: Array, kernel, stride, padding, ceil_mode, channels_last):
+    return tuple(
+        _pool_output_size(n, k, s, p, ceil_mode)
+        for n, k, s, p in zip(_height_width(x, channels_last), kernel, stride, padding, strict=True)
+    )
 
 
 def _spatial_pad(pad_h: tuple[int, int], pad_w: tuple[int, int], channels_last: bool):
@@ -44,41 +62,47 @@ def _tap(phases: Array, i: int, j: int, stride, out_hw, channels_last) -> Array:
     return phases[:, :, rows, i % sh, cols, j % sw]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
 def max_pool2d(
     x: Float[Array, "batch channels height width"],
     kernel: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
     channels_last: bool = False,
+    ceil_mode: bool = False,
 ) -> Float[Array, "batch channels out_height out_width"]:
-    """Max pooling with `-inf` padding (floor mode). Its derivative sends each output's
-    tangent (and gradient) to the first maximal element of its window in row-major order, as
-    torch's CPU and CUDA kernels do (a NaN wins its window, the last one as in torch's CPU kernel).
+    """Max pooling with `-inf` padding, in floor mode or torch's `ceil_mode` (where the last
+    window may run past the right padding and sees `-inf` there). Its derivative sends each
+    output's tangent (and gradient) to the first maximal element of its window in row-major
+    order, as torch's CPU and CUDA kernels do (a NaN wins its window, the last one as in
+    torch's CPU kernel).
 
     Why custom: XLA:CPU's gradient of `reduce_window` is a slow `select_and_scatter`. For
     ResNet's stem pool at 224x224 batch 32 (ReLU, pool, backward) it takes 432 ms; this form
     250 ms, torch 244 ms (benchmarks/README.md). The forward alone stays a `reduce_window`.
     """
-    (ph, pw) = padding
-    (kh, kw), (sh, sw) = kernel, stride
+    (ph, pw), (kh, kw), (sh, sw) = padding, kernel, stride
+    (oh, ow) = _max_pool_output_hw(x, kernel, stride, padding, ceil_mode, channels_last)
+    h, w = _height_width(x, channels_last)
+    # Far-side padding beyond torch's `padding`: what ceil mode's last window runs past.
+    extra_h, extra_w = (
+        max(0, (oh - 1) * sh + kh - h - 2 * ph),
+        max(0, (ow - 1) * sw + kw - w - 2 * pw),
+    )
     return jax.lax.reduce_window(
         x,
         -jnp.inf,
         jax.lax.max,
         window_dimensions=(1, kh, kw, 1) if channels_last else (1, 1, kh, kw),
         window_strides=(1, sh, sw, 1) if channels_last else (1, 1, sh, sw),
-        padding=_spatial_pad((ph, ph), (pw, pw), channels_last),
+        padding=_spatial_pad((ph, ph + extra_h), (pw, pw + extra_w), channels_last),
     )
 
 
 @max_pool2d.defjvp
-def _max_pool2d_jvp(kernel, stride, padding, channels_last, primals, tangents):
+def _max_pool2d_jvp(kernel, stride, padding, channels_last, ceil_mode, primals, tangents):
     (x,), (dx,) = primals, tangents
-    out_hw = tuple(
-        _output_size(n, k, s, p, dilation=1)
-        for n, k, s, p in zip(_height_width(x, channels_last), kernel, stride, padding, strict=True)
-    )
+    out_hw = _max_pool_output_hw(x, kernel, stride, padding, ceil_mode, channels_last)
     layout = (stride, out_hw, channels_last)
     taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
     xs = _phases(x, kernel, stride, padding, -jnp.inf, out_hw, channels_last)
@@ -104,39 +128,106 @@ def _max_pool2d_jvp(kernel, stride, padding, channels_last, primals, tangents):
 
 
 class MaxPool2d(eqx.Module):
-    """`torch.nn.MaxPool2d` (floor mode): the padding is `-inf`, never zero, so a padded
-    border can never win the max; this matters for inputs with negative values. NCHW, or
-    NHWC with `pool(x, channels_last=True)`.
+    """`torch.nn.MaxPool2d`: the padding is `-inf`, never zero, so a padded border can never
+    win the max; this matters for inputs with negative values. NCHW, or NHWC with
+    `pool(x, channels_last=True)`.
+
+    **Arguments:**
+
+    - `kernel_size`, `stride` (default: the kernel size), `padding`: as in torch (the
+      padding at most half the kernel).
+    - `ceil_mode`: round the output size up, as torch does (SqueezeNet): the last window may
+      cover fewer than `kernel_size` elements, but never starts in the right padding.
     """
 
     kernel_size: tuple[int, int] = eqx.field(static=True)
     stride: tuple[int, int] = eqx.field(static=True)
     padding: tuple[int, int] = eqx.field(static=True)
+    ceil_mode: bool = eqx.field(static=True)
 
     def __init__(
         self,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] | None = None,
         padding: int | tuple[int, int] = 0,
+        ceil_mode: bool = False,
     ):
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
         self.padding = _pair(padding)
+        self.ceil_mode = bool(ceil_mode)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ValueError(
+                f"MaxPool2d: padding {self.padding} should be at most half of the kernel "
+                f"size {self.kernel_size} (torch refuses it too)"
+            )
 
     def __call__(
         self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False
     ) -> Float[Array, "batch channels out_height out_width"]:
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding, channels_last)
+        return max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, channels_last, self.ceil_mode
+        )
+
+
+def _bins(size: int, out: int) -> list[tuple[int, int]]:
+    """torch's adaptive-pooling windows along one axis: `[floor(i * size / out),
+    ceil((i + 1) * size / out))` for each output `i` (they overlap where `out` does not
+    divide `size`, and repeat elements where `out > size`)."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def adaptive_avg_pool2d(
+    x: Float[Array, "batch channels height width"],
+    output_size: tuple[int | None, int | None],
+    channels_last: bool = False,
+) -> Float[Array, "batch channels out_height out_width"]:
+    """`torch.nn.functional.adaptive_avg_pool2d` (`None`: that axis keeps its size): each
+    output averages its window of `_bins`, summed and divided by the window's height and
+    then its width, as torch's kernels do."""
+    axes = (1, 2) if channels_last else (2, 3)
+    sizes = _height_width(x, channels_last)
+    out = tuple(n if o is None else o for n, o in zip(sizes, output_size, strict=True))
+    if out == (1, 1):
+        return jnp.mean(x, axis=axes, keepdims=True)
+    if out == sizes:
+        return x  # one element per window: its sum divided by 1
+    counts = []
+    for axis, size, n in zip(axes, sizes, out, strict=True):
+        bins = _bins(size, n)
+        x = jnp.stack(
+            [jax.lax.slice_in_dim(x, lo, hi, axis=axis).sum(axis) for lo, hi in bins], axis
+        )
+        shape = [1] * x.ndim
+        shape[axis] = n
+        counts.append(np.array([hi - lo for lo, hi in bins], x.dtype).reshape(shape))
+    return x / counts[0] / counts[1]
 
 
 class AdaptiveAvgPool2d(eqx.Module):
-    """`torch.nn.AdaptiveAvgPool2d((1, 1))`: the global average over height and width.
+    """`torch.nn.AdaptiveAvgPool2d`: average over windows that tile the input so that the
+    output has `output_size` (torch's bins; see `adaptive_avg_pool2d`). The default `(1, 1)`
+    is the global average of torchvision's classifiers; VGG pools to `(7, 7)`, AlexNet to
+    `(6, 6)`. NCHW, or NHWC (returning `(batch, out_height, out_width, channels)`) with
+    `pool(x, channels_last=True)`.
 
-    Only the `(1, 1)` output used by torchvision's classifiers is supported. NCHW, or NHWC
-    (returning `(batch, 1, 1, channels)`) with `pool(x, channels_last=True)`.
+    **Arguments:**
+
+    - `output_size`: an int (square) or a pair; `None` keeps that axis's input size.
     """
+
+    output_size: tuple[int | None, int | None] = eqx.field(static=True)
+
+    def __init__(self, output_size: int | tuple[int | None, int | None] | None = 1):
+        pair = tuple(output_size) if isinstance(output_size, tuple | list) else (output_size,) * 2
+        if len(pair) != 2 or not all(o is None or (isinstance(o, int) and o >= 1) for o in pair):
+            raise ValueError(
+                f"AdaptiveAvgPool2d: output_size must be an int >= 1, None or a pair of them, "
+                f"got {output_size!r}"
+            )
+        self.output_size = pair
 
     def __call__(
         self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False
-    ) -> Float[Array, "batch channels 1 1"]:
-        return jnp.mean(x, axis=(1, 2) if channels_last else (2, 3), keepdims=True)
+    ) -> Float[Array, "batch channels out_height out_width"]:
+        return adaptive_avg_pool2d(x, self.output_size, channels_last)

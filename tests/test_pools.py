@@ -1,0 +1,110 @@
+"""The pooling options VGG, AlexNet and SqueezeNet need, against `torch.nn.functional`:
+adaptive average pooling to any output size (torch's overlapping, repeating bins) and max
+pooling in `ceil_mode` (torch's rule for the last window), values and gradients, both layouts.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import in_layout, max_abs_diff
+
+from zoo import layers
+
+LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+
+
+def assert_matches_torch(layer, torch_fn, x: torch.Tensor, channels_last: bool, tol: float):
+    """`layer` (in the given layout) against `torch_fn` on `x`: the values, and the input
+    gradient for a random cotangent, within `tol` relative to the largest (or 1)."""
+    x = x.clone().requires_grad_(True)
+    ref = torch_fn(x)
+    cotangent = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    ref.backward(cotangent)
+    ref = ref.detach()
+
+    @jax.jit  # one program: op-by-op, each slice and pad compiles on its own
+    def values_and_grad(x, cotangent):
+        out, vjp = jax.vjp(in_layout(layer, channels_last), x)
+        return out, vjp(cotangent)[0]
+
+    out, grad = values_and_grad(jnp.asarray(x.detach().numpy()), jnp.asarray(cotangent.numpy()))
+    assert out.shape == tuple(ref.shape)
+    assert max_abs_diff(out, ref) <= tol * max(1.0, float(ref.abs().max()))
+    assert max_abs_diff(grad, x.grad) <= tol * max(1.0, float(x.grad.abs().max()))
+
+
+ADAPTIVE_CASES = [
+    ((13, 9), (7, 7)),  # VGG's pool on an odd map: bins of 2 and 3 rows, some overlapping
+    ((5, 11), (3, 3)),  # overlapping bins ([0, 2), [1, 4), [3, 5) along the height)
+    ((1, 1), (7, 7)),  # VGG at 32..63 pixels: one element copied into every bin
+    ((3, 2), (6, 6)),  # AlexNet at 63..94 pixels: upsampling, elements repeated
+    ((7, 7), (7, 7)),  # VGG at 224: one element per bin
+    ((14, 21), (7, 7)),  # divisible: bins of 2 by 3
+    ((10, 3), (4, None)),  # None keeps the width
+    ((9, 8), (1, 1)),  # the global average of the other classifiers
+]
+
+
+@pytest.mark.parametrize(("size", "output_size"), ADAPTIVE_CASES)
+@LAYOUTS
+def test_adaptive_avg_pool_matches_torch(size, output_size, channels_last, images):
+    x = images(2, 5, *size)
+    pool = layers.AdaptiveAvgPool2d(output_size)
+    # A wrong bin would be off by O(1); 1e-6 (relative) is fp32 rounding of a sum.
+    assert_matches_torch(
+        pool, lambda t: F.adaptive_avg_pool2d(t, output_size), x, channels_last, 1e-6
+    )
+
+
+def test_adaptive_avg_pool_output_sizes():
+    assert layers.AdaptiveAvgPool2d().output_size == (1, 1)  # the classifiers' default
+    assert layers.AdaptiveAvgPool2d(7).output_size == (7, 7)
+    assert layers.AdaptiveAvgPool2d([6, None]).output_size == (6, None)
+    for bad in (0, (7, 0), (7, 7, 7), 2.5):
+        with pytest.raises(ValueError, match="output_size"):
+            layers.AdaptiveAvgPool2d(bad)
+
+
+MAX_POOL_CASES = [
+    # (kernel, stride, padding, size)
+    (3, 2, 0, (16, 13)),  # SqueezeNet's pools: ceil adds a row window, not a column one
+    (3, 2, 0, (4, 8)),  # SqueezeNet's last pool at 33 pixels: a window of 2 at the edge
+    (3, 2, 0, (111, 55)),  # SqueezeNet 1.1's first pool at 224
+    (3, 2, 1, (6, 4)),  # the extra window starts on the last element, then the padding
+    (2, 2, 1, (3, 5)),  # torch's rule: the window that would start in the padding is dropped
+    (3, 3, 1, (7, 8)),
+    ((3, 2), (2, 1), (1, 0), (9, 6)),  # non-square
+]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), MAX_POOL_CASES)
+@LAYOUTS
+def test_max_pool_ceil_mode_matches_torch(kernel, stride, padding, size, channels_last, images):
+    pool = layers.MaxPool2d(kernel, stride, padding, ceil_mode=True)
+
+    def torch_pool(t):
+        return F.max_pool2d(t, kernel, stride, padding, ceil_mode=True)
+
+    # All-negative inputs: a zero-padded border, or a zero beyond it, would win the max.
+    x = -images(2, 3, *size).abs() - 1.0
+    assert_matches_torch(pool, torch_pool, x, channels_last, 0.0)
+    # Ties everywhere (integers): the gradient goes to the first maximum in row-major order,
+    # as torch routes it, in the short windows at the edge too.
+    ties = torch.randint(-2, 2, (2, 3, *size), generator=torch.Generator().manual_seed(2))
+    assert_matches_torch(pool, torch_pool, ties.float(), channels_last, 0.0)
+
+
+def test_max_pool_ceil_mode_is_floor_mode_where_sizes_divide(images):
+    x = jnp.asarray(images(2, 3, 9, 9).numpy())
+    ceil = layers.MaxPool2d(3, 2, 1, ceil_mode=True)(x)
+    assert ceil.shape == (2, 3, 5, 5)
+    assert max_abs_diff(ceil, layers.MaxPool2d(3, 2, 1)(x)) == 0.0
+
+
+def test_max_pool_refuses_padding_over_half_the_kernel():
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        F.max_pool2d(torch.zeros(1, 1, 8, 8), 3, 2, 2)
+    with pytest.raises(ValueError, match="at most half"):
+        layers.MaxPool2d(3, 2, 2)
