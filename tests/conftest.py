@@ -69,26 +69,37 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     statistics, so parity tests see ported statistics rather than the (0, 1) defaults that
     hide eval-mode bugs.
 
-    The statistics are measured on one random batch (so activations stay O(1) and an absolute
-    tolerance means something), then perturbed per channel.
+    The statistics are calibrated in eval mode, layer by layer: each BatchNorm's are measured
+    on the input it gets from the (already randomised) layers before it, on one random batch,
+    then perturbed relative to that input's spread (mean + 0.1 std noise, variance x
+    U(0.75, 1.25)). So activations stay O(1) at any depth and an absolute tolerance means
+    something. (An absolute perturbation of statistics measured in train mode made
+    EfficientNet's depthwise BatchNorms, of variance ~1e-4, shift by many standard
+    deviations: its logits reached 1e3-1e4.)
     """
     gen = torch.Generator().manual_seed(seed)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     was_training = model.training
+
+    def calibrate(module: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...]) -> None:
+        x, n = inputs[0], module.num_features
+        mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+        module.running_mean.copy_(mean + torch.randn(n, generator=gen) * 0.1 * var.sqrt())
+        module.running_var.copy_(var * (torch.rand(n, generator=gen) * 0.5 + 0.75))
+
     with torch.no_grad():
         for m in norms:
             n = m.num_features
             m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.momentum, m.saved_momentum = 1.0, m.momentum
+        handles = [m.register_forward_pre_hook(calibrate) for m in norms]
         first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-        model.train()(torch.randn(8, first_conv.in_channels, 64, 64, generator=gen))
+        try:
+            model.eval()(torch.randn(8, first_conv.in_channels, 64, 64, generator=gen))
+        finally:
+            for handle in handles:
+                handle.remove()
         for m in norms:
-            n = m.num_features
-            m.momentum = m.saved_momentum
-            del m.saved_momentum
-            m.running_mean.add_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.mul_(torch.rand(n, generator=gen) * 0.5 + 0.75)
             m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
     return model.train(was_training)
 
