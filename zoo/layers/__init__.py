@@ -24,6 +24,11 @@ from ._init import (
     uniform as uniform,
     zeros as zeros,
 )
+from ._layernorm import (
+    LayerNorm as LayerNorm,
+    LayerNorm2d as LayerNorm2d,
+    layer_norm as layer_norm,
+)
 from ._linear import Linear as Linear
 from ._norm import BatchNorm2d as BatchNorm2d
 from ._ops import (
@@ -35,6 +40,7 @@ from ._ops import (
 from ._pool import AdaptiveAvgPool2d as AdaptiveAvgPool2d, MaxPool2d as MaxPool2d
 from ._sequential import (
     Layer as Layer,
+    NamedSequential as NamedSequential,
     apply_layer as apply_layer,
     run_sequential as run_sequential,
 )

@@ -7,13 +7,55 @@ its own file; importing this package registers them all.
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
+from ._alexnet import AlexNet as AlexNet, alexnet as alexnet
 from ._base import FeatureInfo as FeatureInfo, ZooModel as ZooModel
-from ._cnn import SmallCNN as SmallCNN, cnn as cnn, small_cnn as small_cnn
+from ._cnn import SmallCNN as SmallCNN, cnn as cnn
+from ._convnext import (
+    ConvNeXt as ConvNeXt,
+    convnext_base as convnext_base,
+    convnext_large as convnext_large,
+    convnext_small as convnext_small,
+    convnext_tiny as convnext_tiny,
+    timm_convnext_to_torchvision as timm_convnext_to_torchvision,
+)
+from ._efficientnet import (
+    EfficientNet as EfficientNet,
+    efficientnet_b0 as efficientnet_b0,
+    efficientnet_b1 as efficientnet_b1,
+    efficientnet_b2 as efficientnet_b2,
+    efficientnet_b3 as efficientnet_b3,
+    efficientnet_b4 as efficientnet_b4,
+    efficientnet_b5 as efficientnet_b5,
+    efficientnet_b6 as efficientnet_b6,
+    efficientnet_b7 as efficientnet_b7,
+    efficientnet_v2_l as efficientnet_v2_l,
+    efficientnet_v2_m as efficientnet_v2_m,
+    efficientnet_v2_s as efficientnet_v2_s,
+)
 from ._mobilenetv2 import MobileNetV2 as MobileNetV2, mobilenet_v2 as mobilenet_v2
 from ._mobilenetv3 import (
     MobileNetV3 as MobileNetV3,
     mobilenet_v3_large as mobilenet_v3_large,
     mobilenet_v3_small as mobilenet_v3_small,
+)
+from ._regnet import (
+    BlockParams as BlockParams,
+    RegNet as RegNet,
+    regnet_x_1_6gf as regnet_x_1_6gf,
+    regnet_x_3_2gf as regnet_x_3_2gf,
+    regnet_x_8gf as regnet_x_8gf,
+    regnet_x_16gf as regnet_x_16gf,
+    regnet_x_32gf as regnet_x_32gf,
+    regnet_x_400mf as regnet_x_400mf,
+    regnet_x_800mf as regnet_x_800mf,
+    regnet_y_1_6gf as regnet_y_1_6gf,
+    regnet_y_3_2gf as regnet_y_3_2gf,
+    regnet_y_8gf as regnet_y_8gf,
+    regnet_y_16gf as regnet_y_16gf,
+    regnet_y_32gf as regnet_y_32gf,
+    regnet_y_128gf as regnet_y_128gf,
+    regnet_y_400mf as regnet_y_400mf,
+    regnet_y_800mf as regnet_y_800mf,
 )
 from ._resnet import (
     BasicBlock as BasicBlock,
@@ -29,6 +71,23 @@ from ._resnet import (
     resnext101_64x4d as resnext101_64x4d,
     wide_resnet50_2 as wide_resnet50_2,
     wide_resnet101_2 as wide_resnet101_2,
+)
+from ._squeezenet import (
+    Fire as Fire,
+    SqueezeNet as SqueezeNet,
+    squeezenet1_0 as squeezenet1_0,
+    squeezenet1_1 as squeezenet1_1,
+)
+from ._vgg import (
+    VGG as VGG,
+    vgg11 as vgg11,
+    vgg11_bn as vgg11_bn,
+    vgg13 as vgg13,
+    vgg13_bn as vgg13_bn,
+    vgg16 as vgg16,
+    vgg16_bn as vgg16_bn,
+    vgg19 as vgg19,
+    vgg19_bn as vgg19_bn,
 )
 
 if TYPE_CHECKING:

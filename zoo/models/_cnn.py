@@ -133,5 +133,3 @@ def cnn(*, key: PRNGKeyArray | None = None, **kwargs) -> SmallCNN:
     """The zoo's small CNN (see `SmallCNN`)."""
     return SmallCNN(key=key, **kwargs)
 
-
-small_cnn = cnn  # the builder's name before the registry named it

@@ -1,0 +1,664 @@
+"""EfficientNet B0-B7 and EfficientNet V2 (S, M, L) mirroring `torchvision.models.efficientnet`.
+
+`features` is torchvision's `nn.Sequential` as a tuple, each stage a nested tuple of blocks
+(`features.1.0.block.0.0.weight`); a call returns `(logits, model)` as for every zoo model.
+"""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Self
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._registry import register
+from ..layers import (
+    Conv2d,
+    Dropout,
+    Layer,
+    Linear,
+    SiLU,
+    SqueezeExcitation,
+    StochasticDepth,
+    conv_norm_activation,
+    run_sequential,
+    uniform,
+    zeros,
+)
+from ._base import (
+    FeatureInfo,
+    ZooModel,
+    _normalise_indices,
+    classifier_head,
+    run_stages,
+    stage_ends,
+)
+from ._mobilenetv2 import _keys, make_divisible
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4))
+def _depthwise_taps(
+    x: Array,
+    weight: Float[Array, "channels 1 kernel_h kernel_w"],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    channels_last: bool,
+) -> Array:
+    """A depthwise convolution as the sum over the kernel's taps of the padded input,
+    shifted and scaled per channel; taps that only ever see padding are left out.
+    `jax.checkpoint`: `jax.vjp` keeps the input only (as for a convolution), not one shifted
+    copy per tap, and the backward recomputes the cheap shifts."""
+    axes = (1, 2) if channels_last else (2, 3)
+    pads = [(0, 0)] * 4
+    for axis, p in zip(axes, padding, strict=True):
+        pads[axis] = (p, p)
+    # Sums in float32 at least, as a convolution accumulates (bfloat16 inputs).
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    xp, weight = jnp.pad(x.astype(acc), pads), weight.astype(acc)
+    # Per spatial axis: the output size and the taps that see some of the input.
+    outs, taps = [], []
+    for axis, k, st, p in zip(axes, weight.shape[2:], stride, padding, strict=True):
+        size = x.shape[axis]
+        out = (size + 2 * p - k) // st + 1
+        outs.append(out)
+        taps.append([t for t in range(k) if any(p <= t + st * o < p + size for o in range(out))])
+    scale_shape = [1] * 4
+    scale_shape[3 if channels_last else 1] = weight.shape[0]
+    y = None
+    for i in taps[0]:
+        for j in taps[1]:
+            start, limit, strides = [0] * 4, list(xp.shape), [1] * 4
+            for axis, t, st, out in zip(axes, (i, j), stride, outs, strict=True):
+                start[axis], limit[axis], strides[axis] = t, t + st * (out - 1) + 1, st
+            shifted = jax.lax.slice(xp, start, limit, strides)
+            term = shifted * weight[:, 0, i, j].reshape(scale_shape)
+            y = term if y is None else y + term
+    return y.astype(x.dtype)
+
+
+class DepthwiseConv2d(Conv2d):
+    """A depthwise `Conv2d` (`groups == in_channels == out_channels`; torch's parameters and
+    results). Where JAX's default backend is the CPU it sums shifted, per-channel-scaled
+    copies of the input instead of XLA's grouped convolution, which XLA:CPU runs in a
+    generic loop: on MBConv's depthwise shapes the taps are 4-14x faster forward and 3-10x
+    with gradients in float32, 100x and more in float64. The sums run in another order (in
+    float32 at least), so results differ from XLA's and torch's by rounding.
+
+    **Arguments:**
+
+    - `conv`: the depthwise `Conv2d` whose fields (weights included) it takes.
+    """
+
+    def __init__(self, conv: Conv2d):
+        if not conv.groups == conv.in_channels == conv.out_channels:
+            raise ValueError(
+                f"DepthwiseConv2d needs groups == in_channels == out_channels, got "
+                f"{conv.groups}, {conv.in_channels}, {conv.out_channels}"
+            )
+        for field in dataclasses.fields(Conv2d):
+            setattr(self, field.name, getattr(conv, field.name))
+
+    def __call__(
+        self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False
+    ) -> Float[Array, "batch channels out_height out_width"]:
+        # Elsewhere XLA's grouped convolution has library kernels (cuDNN's on GPUs).
+        if self.dilation != (1, 1) or jax.default_backend() != "cpu":
+            return super().__call__(x, channels_last=channels_last)
+        weight = self.weight.astype(x.dtype)
+        y = _depthwise_taps(x, weight, self.stride, self.padding, channels_last)
+        if self.bias is not None:
+            bias = self.bias.astype(y.dtype)
+            y = y + (bias if channels_last else bias[:, None, None])
+        return y
+
+
+@dataclasses.dataclass(frozen=True)
+class MBConvConfig:
+    """One stage of the EfficientNet paper's table 1 or the EfficientNetV2 paper's table 4
+    (torchvision's `MBConvConfig` and `FusedMBConvConfig`), channels and depth already scaled.
+
+    **Fields:** `expand_ratio`, `kernel`, `stride` (of the stage's first block),
+    `input_channels`, `out_channels`, `num_layers` (blocks in the stage), as in torchvision;
+    `fused`: `FusedMBConv` blocks instead of `MBConv`.
+    """
+
+    expand_ratio: float
+    kernel: int
+    stride: int
+    input_channels: int
+    out_channels: int
+    num_layers: int
+    fused: bool = False
+
+
+def mbconv_config(
+    expand_ratio: float,
+    kernel: int,
+    stride: int,
+    input_channels: int,
+    out_channels: int,
+    num_layers: int,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+) -> MBConvConfig:
+    """torchvision's `MBConvConfig(...)`: channels scaled by `width_mult` and rounded to a
+    multiple of 8, the block count scaled by `depth_mult` and rounded up."""
+    return MBConvConfig(
+        expand_ratio,
+        kernel,
+        stride,
+        make_divisible(input_channels * width_mult, 8),
+        make_divisible(out_channels * width_mult, 8),
+        math.ceil(num_layers * depth_mult),
+    )
+
+
+def fused_mbconv_config(
+    expand_ratio: float,
+    kernel: int,
+    stride: int,
+    input_channels: int,
+    out_channels: int,
+    num_layers: int,
+) -> MBConvConfig:
+    """torchvision's `FusedMBConvConfig(...)` (unscaled, as there)."""
+    return MBConvConfig(
+        expand_ratio, kernel, stride, input_channels, out_channels, num_layers, fused=True
+    )
+
+
+def _residual(
+    block: Layer, x: Array, channels_last: bool, key: PRNGKeyArray | None
+) -> tuple[Array, Any]:
+    """torchvision's `MBConv.forward` and `FusedMBConv.forward`: the block, then, where the
+    shortcut applies, stochastic depth on the branch and the input added."""
+    block_key, depth_key = (None, None) if key is None else jax.random.split(key)
+    y, layers = run_sequential(block.block, x, channels_last=channels_last, key=block_key)
+    new = eqx.tree_at(lambda b: b.block, block, layers)
+    if block.use_res_connect:
+        y, _ = block.stochastic_depth(y, channels_last=channels_last, key=depth_key)
+        y = y + x
+    return y, new
+
+
+class MBConv(Layer):
+    """torchvision's `MBConv`: 1x1 expansion (absent where it would not widen), depthwise
+    convolution (a `DepthwiseConv2d`), squeeze-excitation (SiLU, sigmoid gate), linear 1x1
+    projection; the shortcut with stochastic depth where shapes allow.
+
+    **Arguments:**
+
+    - `cnf`: the block's row (its own input channels and stride).
+    - `stochastic_depth_prob`: this block's drop rate.
+    - `bn`: BatchNorm options (`eps`, `momentum`).
+    - `keys`: PRNG keys for torchvision's initialisation.
+    """
+
+    block: tuple
+    stochastic_depth: StochasticDepth
+    use_res_connect: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        cnf: MBConvConfig,
+        stochastic_depth_prob: float,
+        bn: dict[str, Any],
+        *,
+        keys: Iterator[PRNGKeyArray],
+    ):
+        if not 1 <= cnf.stride <= 2:
+            raise ValueError("illegal stride value")
+        self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
+        expanded = make_divisible(cnf.input_channels * cnf.expand_ratio, 8)
+        layers: list = []
+        if expanded != cnf.input_channels:
+            layers.append(
+                conv_norm_activation(keys, cnf.input_channels, expanded, 1, activation=SiLU, **bn)
+            )
+        conv, *norm_act = conv_norm_activation(
+            keys, expanded, expanded, cnf.kernel, cnf.stride, groups=expanded,
+            activation=SiLU, **bn,
+        )  # fmt: skip
+        layers.append((DepthwiseConv2d(conv), *norm_act))
+        # The squeeze width follows the block's input, not its expansion (as torchvision).
+        squeeze = max(1, cnf.input_channels // 4)
+        layers.append(SqueezeExcitation(expanded, squeeze, activation=SiLU, keys=keys))
+        layers.append(
+            conv_norm_activation(keys, expanded, cnf.out_channels, 1, activation=None, **bn)
+        )
+        self.block = tuple(layers)
+        self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
+
+    def __call__(
+        self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
+    ) -> tuple[Array, Self]:
+        return _residual(self, x, channels_last, key)
+
+
+class FusedMBConv(Layer):
+    """torchvision's `FusedMBConv`: a full `kernel` convolution that expands (then a linear
+    1x1 projection), or at ratio 1 a single convolution to the output width; the shortcut
+    with stochastic depth where shapes allow.
+
+    **Arguments:** as `MBConv`.
+    """
+
+    block: tuple
+    stochastic_depth: StochasticDepth
+    use_res_connect: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        cnf: MBConvConfig,
+        stochastic_depth_prob: float,
+        bn: dict[str, Any],
+        *,
+        keys: Iterator[PRNGKeyArray],
+    ):
+        if not 1 <= cnf.stride <= 2:
+            raise ValueError("illegal stride value")
+        self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
+        expanded = make_divisible(cnf.input_channels * cnf.expand_ratio, 8)
+        if expanded != cnf.input_channels:
+            self.block = (
+                conv_norm_activation(
+                    keys, cnf.input_channels, expanded, cnf.kernel, cnf.stride,
+                    activation=SiLU, **bn,
+                ),
+                conv_norm_activation(keys, expanded, cnf.out_channels, 1, activation=None, **bn),
+            )  # fmt: skip
+        else:
+            self.block = (
+                conv_norm_activation(
+                    keys, cnf.input_channels, cnf.out_channels, cnf.kernel, cnf.stride,
+                    activation=SiLU, **bn,
+                ),
+            )  # fmt: skip
+        self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
+
+    def __call__(
+        self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
+    ) -> tuple[Array, Self]:
+        return _residual(self, x, channels_last, key)
+
+
+def efficientnet_conf(
+    arch: str, width_mult: float = 1.0, depth_mult: float = 1.0
+) -> tuple[list[MBConvConfig], int | None]:
+    """torchvision's `_efficientnet_conf`: the stage table and the penultimate width (`None`:
+    four times the last stage's)."""
+    if arch.startswith("efficientnet_b"):
+        row = lambda *a: mbconv_config(*a, width_mult, depth_mult)  # noqa: E731
+        setting = [
+            row(1, 3, 1, 32, 16, 1),
+            row(6, 3, 2, 16, 24, 2),
+            row(6, 5, 2, 24, 40, 2),
+            row(6, 3, 2, 40, 80, 3),
+            row(6, 5, 1, 80, 112, 3),
+            row(6, 5, 2, 112, 192, 4),
+            row(6, 3, 1, 192, 320, 1),
+        ]
+        return setting, None
+    fused, row = fused_mbconv_config, mbconv_config
+    if arch.startswith("efficientnet_v2_s"):
+        setting = [
+            fused(1, 3, 1, 24, 24, 2),
+            fused(4, 3, 2, 24, 48, 4),
+            fused(4, 3, 2, 48, 64, 4),
+            row(4, 3, 2, 64, 128, 6),
+            row(6, 3, 1, 128, 160, 9),
+            row(6, 3, 2, 160, 256, 15),
+        ]
+    elif arch.startswith("efficientnet_v2_m"):
+        setting = [
+            fused(1, 3, 1, 24, 24, 3),
+            fused(4, 3, 2, 24, 48, 5),
+            fused(4, 3, 2, 48, 80, 5),
+            row(4, 3, 2, 80, 160, 7),
+            row(6, 3, 1, 160, 176, 14),
+            row(6, 3, 2, 176, 304, 18),
+            row(6, 3, 1, 304, 512, 5),
+        ]
+    elif arch.startswith("efficientnet_v2_l"):
+        setting = [
+            fused(1, 3, 1, 32, 32, 4),
+            fused(4, 3, 2, 32, 64, 7),
+            fused(4, 3, 2, 64, 96, 7),
+            row(4, 3, 2, 96, 192, 10),
+            row(6, 3, 1, 192, 224, 19),
+            row(6, 3, 2, 224, 384, 25),
+            row(6, 3, 1, 384, 640, 7),
+        ]
+    else:
+        raise ValueError(f"Unsupported model type {arch}")
+    return setting, 1280
+
+
+def _classifier_linear(keys: Iterator[PRNGKeyArray], in_features: int, out_features: int):
+    """`nn.Linear` as torchvision's EfficientNet initialises it: `uniform_(-r, r)` with
+    `r = 1/sqrt(out_features)`, bias zero."""
+    linear = Linear(in_features, out_features, key=next(keys))
+    weight = uniform(next(keys), linear.weight.shape, 1.0 / math.sqrt(out_features))
+    return eqx.tree_at(lambda m: (m.weight, m.bias), linear, (weight, zeros((out_features,))))
+
+
+class EfficientNet(ZooModel):
+    """torchvision's `EfficientNet` (V1 and V2), as an Equinox module over NCHW batches.
+
+    **Arguments:**
+
+    - `inverted_residual_setting`: the stage table (`efficientnet_conf`).
+    - `dropout`: the classifier's dropout rate.
+    - `stochastic_depth_prob`: the rate the deepest block nears; block `i` of `n` drops its
+      branch with `stochastic_depth_prob * i / n` (torchvision's linear rule).
+    - `num_classes`, `last_channel`: as in torchvision (`num_classes=0`: no final `Linear`,
+      calls return the pooled features).
+    - `in_chans`: input channels (3 in torchvision).
+    - `norm_eps`, `norm_momentum`: the BatchNorms' (torchvision's `norm_layer` partial).
+    - `key`: PRNG key for torchvision's initialisation.
+
+    **Returns** (of a call `model(x, key=key)`): `(logits, model)`; the key drives dropout
+    and stochastic depth in train mode.
+
+    `feature_info` lists timm's five maps: the last stage at each reduction 2, 4, 8, 16, 32
+    (`features.1`, `.2`, `.3`, `.5`, and `.7`, or `.6` in V2 S). `forward_features` returns
+    what the 1x1 head convolution after them (the last member of `features`) makes of the
+    last, as timm's `conv_head`.
+    """
+
+    first_conv_path: ClassVar[str] = "features.0.0"
+    classifier_path: ClassVar[str] = "classifier.1"
+    head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
+    global_pool: ClassVar[str] = "avg"
+    features: tuple
+    classifier: tuple
+    stochastic_depth_prob: float = eqx.field(static=True)
+    num_features: int = eqx.field(static=True)
+    feature_info: tuple[FeatureInfo, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        inverted_residual_setting: Sequence[MBConvConfig],
+        dropout: float,
+        stochastic_depth_prob: float = 0.2,
+        num_classes: int = 1000,
+        last_channel: int | None = None,
+        in_chans: int = 3,
+        *,
+        norm_eps: float = 1e-5,
+        norm_momentum: float | None = 0.1,
+        key: PRNGKeyArray,
+    ):
+        if not inverted_residual_setting:
+            raise ValueError("The inverted_residual_setting should not be empty")
+        if not all(isinstance(s, MBConvConfig) for s in inverted_residual_setting):
+            raise TypeError("The inverted_residual_setting should be List[MBConvConfig]")
+        keys = _keys(key)
+        bn = {"eps": norm_eps, "momentum": norm_momentum}
+        first = inverted_residual_setting[0].input_channels
+        features: list = [conv_norm_activation(keys, in_chans, first, 3, 2, activation=SiLU, **bn)]
+        channels, reductions = [first], [2]
+        total_stage_blocks = sum(cnf.num_layers for cnf in inverted_residual_setting)
+        stage_block_id = 0
+        for cnf in inverted_residual_setting:
+            stage: list = []
+            for i in range(cnf.num_layers):
+                block_cnf = cnf
+                if i:  # later blocks of a stage: the stage's width in, stride 1
+                    block_cnf = dataclasses.replace(cnf, input_channels=cnf.out_channels, stride=1)
+                # torchvision's expression, in its order (a static float: bit-equal rates).
+                sd_prob = stochastic_depth_prob * float(stage_block_id) / total_stage_blocks
+                block = FusedMBConv if cnf.fused else MBConv
+                stage.append(block(block_cnf, sd_prob, bn, keys=keys))
+                stage_block_id += 1
+            features.append(tuple(stage))
+            channels.append(cnf.out_channels)
+            reductions.append(reductions[-1] * cnf.stride)
+        last_in = inverted_residual_setting[-1].out_channels
+        last_out = 4 * last_in if last_channel is None else last_channel
+        features.append(conv_norm_activation(keys, last_in, last_out, 1, activation=SiLU, **bn))
+        self.features = tuple(features)
+        final = _classifier_linear(keys, last_out, num_classes) if num_classes else None
+        self.classifier = (Dropout(dropout), final)
+        self.stochastic_depth_prob = stochastic_depth_prob
+        self.num_features = last_out
+        # timm's maps: the last member at each reduction, the head convolution left out.
+        self.feature_info = tuple(
+            FeatureInfo(channels[i], reductions[i], f"features.{i}") for i in stage_ends(reductions)
+        )
+
+    def config_kwargs(self) -> dict[str, float]:
+        return {
+            "dropout": float(self.classifier[0].p),
+            "stochastic_depth_prob": float(self.stochastic_depth_prob),
+        }
+
+    def _forward_stages(
+        self,
+        x: Float[Array, "batch height width channels"],
+        *,
+        depth: int,
+        key: PRNGKeyArray | None = None,
+        head: bool | None = None,
+    ) -> tuple[list[Array], Self]:
+        """As `ZooModel`'s; at full depth (unless `head=False`) one more map after the
+        `feature_info` maps: the head convolution's output, which `forward_features` (the
+        contract's last map) returns."""
+        ends = tuple(int(info.module.split(".")[1]) for info in self.feature_info)
+        if head is None:
+            head = depth == len(ends)
+        if head:
+            ends, depth = (*ends, len(self.features) - 1), len(ends) + 1
+        maps, features = run_stages(self.features, x, ends=ends, depth=depth, key=key)
+        return maps, eqx.tree_at(lambda m: m.features, self, features)
+
+    def forward_intermediates(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        indices: int | Sequence[int] | None = None,
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Any, Self]:
+        """`ZooModel.forward_intermediates`; with `intermediates_only=True` (as a
+        `features_only` model's calls) the head convolution does not run, as in timm."""
+        if not intermediates_only:
+            return super().forward_intermediates(x, indices=indices, stop_early=stop_early, key=key)
+        self._check(x)
+        wanted = _normalise_indices(indices, len(self.feature_info))
+        maps, model = self._forward_stages(
+            x.transpose(0, 2, 3, 1), depth=wanted[-1] + 1, key=key, head=False
+        )
+        return [maps[i].transpose(0, 3, 1, 2) for i in wanted], model
+
+    def forward_head(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        pre_logits: bool = False,
+        channels_last: bool = False,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "batch out"]:
+        x = x.mean(axis=(1, 2) if channels_last else (2, 3))
+        return classifier_head(self.classifier, x, pre_logits=pre_logits, key=key)
+
+
+# B5-B7 (ported from TensorFlow) use TensorFlow's BatchNorm; V2 only its eps.
+_TF_BN = {"norm_eps": 0.001, "norm_momentum": 0.01}
+_V2_BN = {"norm_eps": 0.001}
+
+
+def _efficientnet(
+    arch: str,
+    dropout: float,
+    key: PRNGKeyArray | None,
+    kwargs: dict[str, Any],
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    **norm: float,
+) -> EfficientNet:
+    setting, last_channel = efficientnet_conf(arch, width_mult, depth_mult)
+    return EfficientNet(
+        setting,
+        kwargs.pop("dropout", dropout),
+        last_channel=last_channel,
+        key=jax.random.key(0) if key is None else key,
+        **norm,
+        **kwargs,
+    )
+
+
+_NO_DROPOUT = {"no_dropout": {"dropout": 0.0, "stochastic_depth_prob": 0.0}}
+_SLOW = _NO_DROPOUT | {"slow": True}
+_CFG = {"torch_builder": "torchvision"}
+
+
+def _preprocessing(crop: int, resize: int, interpolation: str, **norm: Any) -> dict[str, Any]:
+    """The DEFAULT weights' evaluation transforms (torchvision's `ImageClassification`), in
+    timm's terms."""
+    return {
+        "input_size": (3, crop, crop),
+        "crop_pct": crop / resize,
+        "interpolation": interpolation,
+        **norm,
+    }
+
+
+# Only B0 runs in the default test run; the others in float64 with `pytest -m large`.
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B0_Weights",
+    test_cfg=_NO_DROPOUT,
+    **_CFG,
+    **_preprocessing(224, 256, "bicubic"),
+)
+def efficientnet_b0(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B0 (torchvision `efficientnet_b0`). `key` defaults to
+    `jax.random.key(0)`; `kwargs`: `num_classes`, `dropout`, `stochastic_depth_prob`,
+    `in_chans`."""
+    return _efficientnet("efficientnet_b0", 0.2, key, kwargs, 1.0, 1.0)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B1_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(240, 255, "bilinear"),
+)
+def efficientnet_b1(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B1 (torchvision `efficientnet_b1`)."""
+    return _efficientnet("efficientnet_b1", 0.2, key, kwargs, 1.0, 1.1)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B2_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(288, 288, "bicubic"),
+)
+def efficientnet_b2(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B2 (torchvision `efficientnet_b2`)."""
+    return _efficientnet("efficientnet_b2", 0.3, key, kwargs, 1.1, 1.2)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B3_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(300, 320, "bicubic"),
+)
+def efficientnet_b3(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B3 (torchvision `efficientnet_b3`)."""
+    return _efficientnet("efficientnet_b3", 0.3, key, kwargs, 1.2, 1.4)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B4_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(380, 384, "bicubic"),
+)
+def efficientnet_b4(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B4 (torchvision `efficientnet_b4`)."""
+    return _efficientnet("efficientnet_b4", 0.4, key, kwargs, 1.4, 1.8)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B5_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(456, 456, "bicubic"),
+)
+def efficientnet_b5(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B5 (torchvision `efficientnet_b5`; BatchNorm eps 1e-3, momentum 0.01)."""
+    return _efficientnet("efficientnet_b5", 0.4, key, kwargs, 1.6, 2.2, **_TF_BN)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B6_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(528, 528, "bicubic"),
+)
+def efficientnet_b6(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B6 (torchvision `efficientnet_b6`; BatchNorm eps 1e-3, momentum 0.01)."""
+    return _efficientnet("efficientnet_b6", 0.5, key, kwargs, 1.8, 2.6, **_TF_BN)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_B7_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(600, 600, "bicubic"),
+)
+def efficientnet_b7(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet B7 (torchvision `efficientnet_b7`; BatchNorm eps 1e-3, momentum 0.01)."""
+    return _efficientnet("efficientnet_b7", 0.5, key, kwargs, 2.0, 3.1, **_TF_BN)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_V2_S_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(384, 384, "bilinear"),
+)
+def efficientnet_v2_s(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet V2 S (torchvision `efficientnet_v2_s`; BatchNorm eps 1e-3)."""
+    return _efficientnet("efficientnet_v2_s", 0.2, key, kwargs, **_V2_BN)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_V2_M_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(480, 480, "bilinear"),
+)
+def efficientnet_v2_m(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet V2 M (torchvision `efficientnet_v2_m`; BatchNorm eps 1e-3)."""
+    return _efficientnet("efficientnet_v2_m", 0.3, key, kwargs, **_V2_BN)
+
+
+@register(
+    EfficientNet,
+    torchvision_weights="EfficientNet_V2_L_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_preprocessing(480, 480, "bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+)
+def efficientnet_v2_l(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNet:
+    """EfficientNet V2 L (torchvision `efficientnet_v2_l`; BatchNorm eps 1e-3)."""
+    return _efficientnet("efficientnet_v2_l", 0.4, key, kwargs, **_V2_BN)

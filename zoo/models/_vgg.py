@@ -1,0 +1,186 @@
+"""VGG (11, 13, 16, 19 layers, with and without BatchNorm) mirroring `torchvision.models.vgg`.
+
+`features` and `classifier` are torchvision's `nn.Sequential`s as tuples (`features.3.weight`,
+`classifier.6.weight`); a call returns `(logits, model)` as for every zoo model.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+from jaxtyping import PRNGKeyArray
+
+from .._registry import register
+from ..layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    conv2d_kaiming,
+    normal,
+    zeros,
+)
+from ._alexnet import PooledMLPTrunk, trunk_feature_info
+from ._base import FeatureInfo
+from ._mobilenetv2 import _keys
+
+# torchvision's `cfgs`: output channels of each 3x3 convolution, "M" a 2x2 max-pool.
+CFGS: dict[str, tuple[int | str, ...]] = {
+    "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "B": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "E": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M") + (512,) * 4 + ("M",)
+    + (512,) * 4 + ("M",),
+}  # fmt: skip
+
+
+def _linear(keys: Iterator[PRNGKeyArray], in_features: int, out_features: int, init: bool):
+    """`nn.Linear`, as VGG's `init_weights` re-initialises it: `normal_(0, 0.01)`, bias zero."""
+    if not init:
+        return Linear(in_features, out_features, key=next(keys))
+    # Shapes only: torch's default draw, discarded, would take seconds for the 25088x4096 one.
+    template = eqx.filter_eval_shape(Linear, in_features, out_features, key=next(keys))
+    weight = normal(next(keys), (out_features, in_features), 0.01)
+    return eqx.tree_at(lambda m: (m.weight, m.bias), template, (weight, zeros((out_features,))))
+
+
+def make_layers(
+    cfg: Sequence[int | str],
+    batch_norm: bool,
+    in_chans: int,
+    init: bool,
+    keys: Iterator[PRNGKeyArray],
+) -> tuple:
+    """torchvision's `make_layers`: the `features` members."""
+    layers, in_channels = [], in_chans
+    for v in cfg:
+        if v == "M":
+            layers.append(MaxPool2d(2, 2))
+            continue
+        if init:  # kaiming_normal_(mode="fan_out"), bias zero
+            conv = conv2d_kaiming(keys, in_channels, v, 3, padding=1)
+        else:
+            conv = Conv2d(in_channels, v, 3, padding=1, key=next(keys))
+        layers += [conv, BatchNorm2d(v), ReLU()] if batch_norm else [conv, ReLU()]
+        in_channels = v
+    return tuple(layers)
+
+
+class VGG(PooledMLPTrunk):
+    """torchvision's `VGG`, as an Equinox module over NCHW batches.
+
+    **Arguments:**
+
+    - `cfg`: the `features` table (`CFGS["A"]` for VGG 11, ...); `batch_norm`: a BatchNorm
+      after each convolution (the `_bn` variants).
+    - `num_classes`, `init_weights`, `dropout`: as in torchvision (`num_classes=0`: no
+      final `Linear`, calls return the 4096 pre-logits).
+    - `in_chans`: input channels (3 in torchvision).
+    - `key`: PRNG key for the initialisation (torchvision's with `init_weights`, else
+      torch's defaults).
+
+    Inputs need at least 32x32 pixels.
+    """
+
+    first_conv_path: ClassVar[str] = "features.0"
+    classifier_path: ClassVar[str] = "classifier.6"
+    head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
+    global_pool: ClassVar[str] = "avg"
+    features: tuple
+    avgpool: AdaptiveAvgPool2d
+    classifier: tuple
+    num_features: int = eqx.field(static=True)
+    feature_info: tuple[FeatureInfo, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        cfg: Sequence[int | str],
+        batch_norm: bool = False,
+        num_classes: int = 1000,
+        init_weights: bool = True,
+        dropout: float = 0.5,
+        in_chans: int = 3,
+        *,
+        key: PRNGKeyArray,
+    ):
+        keys = _keys(key)
+        self.features = make_layers(cfg, batch_norm, in_chans, init_weights, keys)
+        self.avgpool = AdaptiveAvgPool2d((7, 7))
+        last = next(v for v in reversed(cfg) if v != "M")
+        final = _linear(keys, 4096, num_classes, init_weights) if num_classes else None
+        self.classifier = (
+            _linear(keys, last * 7 * 7, 4096, init_weights),
+            ReLU(),
+            Dropout(dropout),
+            _linear(keys, 4096, 4096, init_weights),
+            ReLU(),
+            Dropout(dropout),
+            final,
+        )
+        self.num_features = last
+        self.feature_info = trunk_feature_info(self.features)
+
+
+def _vgg(cfg: str, batch_norm: bool, key: PRNGKeyArray | None, kwargs) -> VGG:
+    return VGG(CFGS[cfg], batch_norm, key=jax.random.key(0) if key is None else key, **kwargs)
+
+
+# 133M to 144M parameters each, 103M of them in the first classifier Linear: vgg11 alone
+# runs in the default test run. 65x33 leaves a 2x1 map for the (7, 7) pool (32 is the
+# smallest size: five 2x2 pools); at 33x33, where the map is 1x1, XLA:CPU's YNN fusion takes
+# ~25 s for one eval call at batch 2..8 (0.2 s at batch 32, or at 65x33).
+_TEST = {"input_size": (3, 65, 33), "no_dropout": {"dropout": 0.0}}
+_SLOW = _TEST | {"slow": True}
+_CFG = {"torch_builder": "torchvision"}
+
+
+@register(VGG, torchvision_weights="VGG11_Weights", test_cfg=_TEST, **_CFG)
+def vgg11(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 11 (configuration "A"; torchvision `vgg11`)."""
+    return _vgg("A", False, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG11_BN_Weights", test_cfg=_SLOW, **_CFG)
+def vgg11_bn(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 11 with BatchNorm (torchvision `vgg11_bn`)."""
+    return _vgg("A", True, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG13_Weights", test_cfg=_SLOW, **_CFG)
+def vgg13(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 13 (configuration "B"; torchvision `vgg13`)."""
+    return _vgg("B", False, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG13_BN_Weights", test_cfg=_SLOW, **_CFG)
+def vgg13_bn(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 13 with BatchNorm (torchvision `vgg13_bn`)."""
+    return _vgg("B", True, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG16_Weights", test_cfg=_SLOW, **_CFG)
+def vgg16(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 16 (configuration "D"; torchvision `vgg16`)."""
+    return _vgg("D", False, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG16_BN_Weights", test_cfg=_SLOW, **_CFG)
+def vgg16_bn(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 16 with BatchNorm (torchvision `vgg16_bn`)."""
+    return _vgg("D", True, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG19_Weights", test_cfg=_SLOW, **_CFG)
+def vgg19(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 19 (configuration "E"; torchvision `vgg19`)."""
+    return _vgg("E", False, key, kwargs)
+
+
+@register(VGG, torchvision_weights="VGG19_BN_Weights", test_cfg=_SLOW, **_CFG)
+def vgg19_bn(*, key: PRNGKeyArray | None = None, **kwargs) -> VGG:
+    """VGG 19 with BatchNorm (torchvision `vgg19_bn`)."""
+    return _vgg("E", True, key, kwargs)
