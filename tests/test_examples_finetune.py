@@ -44,7 +44,7 @@ def test_finetune_digits_quick(tmp_path):
     assert (tmp_path / "digits_cnn_curves.png").stat().st_size > 1000
     from zoo.lightning import digits_preprocessing
 
-    trained_with = digits_preprocessing(size=32)
+    trained_with = digits_preprocessing(size=16)  # --quick trains at 16x16
     for mode in ("torch", "jax"):
         # zoo.save_pretrained's folder: weights, config and model card.
         for name in ("model.safetensors", "config.json", "README.md"):

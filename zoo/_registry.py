@@ -51,8 +51,9 @@ class ModelInfo:
       `interpolation`, `crop_pct`); `first_conv` and `classifier` come from the model class.
     - `test_cfg`: how the registry-driven tests run it: `input_size` (small, odd), `slow`
       (a large variant: tested in float64 at that size, only with `pytest -m large`),
-      `any_size` (False where only `input_size` works) and `no_dropout` (the constructor
-      options that turn dropout off, for elementwise train-mode parity).
+      `any_size` (False where only `input_size` works), `no_dropout` (the constructor
+      options that turn dropout off, for elementwise train-mode parity) and
+      `train_parity_large` (the float64 train step needs GBs: with `-m large` only).
     - `timm_name`: the same architecture's name in timm (feature maps are compared), or
       `None`.
     """

@@ -133,7 +133,9 @@ def _vgg(cfg: str, batch_norm: bool, key: PRNGKeyArray | None, kwargs) -> VGG:
 # runs in the default test run. 65x33 leaves a 2x1 map for the (7, 7) pool (32 is the
 # smallest size: five 2x2 pools); at 33x33, where the map is 1x1, XLA:CPU's YNN fusion takes
 # ~25 s for one eval call at batch 2..8 (0.2 s at batch 32, or at 65x33).
-_TEST = {"input_size": (3, 65, 33), "no_dropout": {"dropout": 0.0}}
+# `train_parity_large`: the float64 train step's parameters, gradients and updated copy of
+# 133M parameters on both sides peak at ~9 GB: with -m large only.
+_TEST = {"input_size": (3, 65, 33), "no_dropout": {"dropout": 0.0}, "train_parity_large": True}
 _SLOW = _TEST | {"slow": True}
 _CFG = {"torch_builder": "torchvision"}
 
