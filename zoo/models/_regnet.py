@@ -30,7 +30,7 @@ from ..layers import (
     run_sequential,
     torch_default_uniform,
 )
-from ._base import FeatureInfo, ZooModel
+from ._base import FeatureInfo, ZooModel, _is_none
 from ._mobilenetv2 import _keys, classifier_linear, make_divisible
 
 # torchvision's `_regnet` default norm layer: `partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1)`.
@@ -198,10 +198,6 @@ class BottleneckTransform(Layer):
             x, _ = self.se(x, **nhwc)
         x, c = run_sequential(self.c, x, **nhwc)
         return x, eqx.tree_at(lambda t: (t.a, t.b, t.c), self, (a, b, c))
-
-
-def _is_none(x: object) -> bool:
-    return x is None
 
 
 class ResBottleneckBlock(Layer):
