@@ -62,10 +62,14 @@ def _torchvision_tag(info: ModelInfo, weights: Any) -> str | None:
     return tag
 
 
-def resolve_weights(info: ModelInfo, weights: Any) -> tuple[dict[str, torch.Tensor], bool]:
+def resolve_weights(
+    info: ModelInfo, weights: Any, kwargs: dict[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], bool]:
     """A state_dict from any supported source (checkpoint wrappers and `module.`/Lightning
     prefixes removed), and whether the zoo owns its tensors (a file it just read: they can
-    be shared without a copy) or the caller does (copy them)."""
+    be shared without a copy) or the caller does (copy them). A torchvision checkpoint goes
+    through the architecture's `torchvision_checkpoint`, which may set options in
+    `kwargs`."""
     from ._sources import canonical_state_dict, read_weights_file, torchvision_state_dict
 
     if isinstance(weights, Mapping):
@@ -76,7 +80,10 @@ def resolve_weights(info: ModelInfo, weights: Any) -> tuple[dict[str, torch.Tens
         return source_state_dict(weights, info), True
     tag = _torchvision_tag(info, weights)
     if tag is not None:
-        return torchvision_state_dict(info.torchvision_weights, tag), True
+        state_dict = torchvision_state_dict(info.torchvision_weights, tag)
+        if info.torchvision_checkpoint is not None:
+            state_dict = info.torchvision_checkpoint(state_dict, {} if kwargs is None else kwargs)
+        return state_dict, True
     if isinstance(weights, str | os.PathLike):
         return read_weights_file(weights), True
     raise TypeError(
@@ -189,7 +196,7 @@ def load(
         kwargs["in_chans"] = in_chans
     if framework not in ("jax", "torch", "equinox"):
         raise ValueError(f"framework must be 'jax', 'torch' or 'equinox', not {framework!r}")
-    state_dict, owned = (None, False) if weights is None else resolve_weights(info, weights)
+    state_dict, owned = (None, False) if weights is None else resolve_weights(info, weights, kwargs)
     return build(
         info,
         state_dict,

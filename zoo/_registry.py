@@ -32,6 +32,8 @@ _DEFAULT_CFG: dict[str, Any] = {
     "std": IMAGENET_STD,
 }
 # How the registry-driven tests run a model (beside its config, as timm's `test_input_size`).
+# `(state_dict, kwargs) -> state_dict`: see `ModelInfo.torchvision_checkpoint`.
+CheckpointHook = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 _DEFAULT_TEST_CFG: dict[str, Any] = {"input_size": (3, 33, 33), "slow": False, "any_size": True}
 
 
@@ -56,6 +58,11 @@ class ModelInfo:
       `train_parity_large` (the float64 train step needs GBs: with `-m large` only).
     - `timm_name`: the same architecture's name in timm (feature maps are compared), or
       `None`.
+    - `torchvision_checkpoint`: what torchvision's own builder does when it loads its
+      weights, as `(state_dict, kwargs) -> state_dict`: rename a checkpoint's old keys
+      (DenseNet's `norm.1`), set the options its weights need in `kwargs` with `setdefault`
+      (Inception's `transform_input=True`). Applied to torchvision downloads only; `None`:
+      nothing to do.
     """
 
     name: str
@@ -66,6 +73,7 @@ class ModelInfo:
     test_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)
     timm_name: str | None = None
     model_class_hint: type | None = None
+    torchvision_checkpoint: CheckpointHook | None = None
 
     @functools.cached_property
     def model_class(self) -> type:
@@ -131,6 +139,7 @@ def register_model(
     test_cfg: dict[str, Any] | None = None,
     timm_name: str | bool | None = None,
     model_class: type | None = None,
+    torchvision_checkpoint: CheckpointHook | None = None,
     overwrite: bool = False,
     **pretrained_cfg: Any,
 ) -> ModelInfo:
@@ -144,8 +153,8 @@ def register_model(
       `torch_builder`'s module, so weights convert by name.
     - `torch_builder`: see `ModelInfo`; `"torchvision"` builds `torchvision.models.<name>`
       (its stem convolution rebuilt for another `in_chans`, as timm does).
-    - `torchvision_weights`, `test_cfg`, `timm_name`: see `ModelInfo` (`timm_name=True`:
-      timm's name is `name`).
+    - `torchvision_weights`, `test_cfg`, `timm_name`, `torchvision_checkpoint`: see
+      `ModelInfo` (`timm_name=True`: timm's name is `name`).
     - `model_class`: the class `builder` returns (found by `eqx.filter_eval_shape` if not
       given).
     - `overwrite`: replace an existing entry instead of raising.
@@ -172,6 +181,7 @@ def register_model(
         _DEFAULT_TEST_CFG | dict(test_cfg or {}),
         timm_name,
         model_class,
+        torchvision_checkpoint,
     )
     _REGISTRY[name] = info
     return info
