@@ -1,6 +1,8 @@
-"""The pooling options VGG, AlexNet and SqueezeNet need, against `torch.nn.functional`:
-adaptive average pooling to any output size (torch's overlapping, repeating bins) and max
-pooling in `ceil_mode` (torch's rule for the last window), values and gradients, both layouts.
+"""The pooling options VGG, AlexNet, SqueezeNet, GoogLeNet, Inception and DenseNet need,
+against `torch.nn.functional`: adaptive average pooling to any output size (torch's
+overlapping, repeating bins), max pooling in `ceil_mode` (torch's rule for the last window)
+and average pooling (its divisors with and without the padding, in both modes), values and
+gradients, both layouts.
 """
 
 import jax
@@ -108,3 +110,67 @@ def test_max_pool_refuses_padding_over_half_the_kernel():
         F.max_pool2d(torch.zeros(1, 1, 8, 8), 3, 2, 2)
     with pytest.raises(ValueError, match="at most half"):
         layers.MaxPool2d(3, 2, 2)
+
+
+AVG_POOL_CASES = [
+    # (kernel, stride, padding, size)
+    (3, 1, 1, (9, 8)),  # Inception's branch pools: the border windows hold 4 or 6 elements
+    (2, 2, 0, (7, 9)),  # DenseNet's transitions on odd maps: ceil adds a window of 1 row
+    (5, 3, 0, (17, 16)),  # Inception's aux pool; ceil adds a window of 2 columns
+    (3, 2, 1, (4, 6)),  # ceil: the last window runs past the padding (divided by 2, not 3)
+    (2, 2, 1, (3, 5)),  # torch's rule: the window that would start in the padding is dropped
+    (4, 3, 2, (10, 11)),
+    ((3, 2), (2, 1), (1, 0), (9, 6)),  # non-square
+]
+
+
+AVG_POOL_OPTIONS = [(c, p) for c in (False, True) for p in (True, False)]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), AVG_POOL_CASES)
+def test_avg_pool_matches_torch(kernel, stride, padding, size, images):
+    """Every `(ceil_mode, count_include_pad)` in both layouts, values and input gradients,
+    in one compiled program per case (56 programs took 11 s)."""
+    pools = [layers.AvgPool2d(kernel, stride, padding, *options) for options in AVG_POOL_OPTIONS]
+    # Positive inputs: a wrong divisor changes its window's output by a factor (2/3 or
+    # less), far beyond fp32 rounding of a sum.
+    x = (images(2, 3, *size).abs() + 1.0).requires_grad_(True)
+    refs = [F.avg_pool2d(x, kernel, stride, padding, *options) for options in AVG_POOL_OPTIONS]
+    gen = torch.Generator().manual_seed(1)
+    cotangents = [torch.randn(r.shape, generator=gen) for r in refs]
+    ref_grads = [torch.autograd.grad(r, x, c)[0] for r, c in zip(refs, cotangents, strict=True)]
+
+    @jax.jit
+    def values_and_grads(x, cotangents):
+        results = []
+        for channels_last in (False, True):
+            for pool, cotangent in zip(pools, cotangents, strict=True):
+                out, vjp = jax.vjp(in_layout(pool, channels_last), x)
+                results.append((out, vjp(cotangent)[0]))
+        return results
+
+    results = values_and_grads(jnp.asarray(x.detach().numpy()), [c.numpy() for c in cotangents])
+    for k, (out, grad) in enumerate(results):
+        ref, ref_grad = refs[k % 4].detach(), ref_grads[k % 4]
+        what = f"ceil_mode, count_include_pad = {AVG_POOL_OPTIONS[k % 4]}, nhwc: {k >= 4}"
+        assert out.shape == tuple(ref.shape), what
+        assert max_abs_diff(out, ref) <= 1e-6 * float(ref.abs().max()), what
+        assert max_abs_diff(grad, ref_grad) <= 1e-6 * max(1.0, float(ref_grad.abs().max())), what
+
+
+def test_avg_pool_options():
+    pool = layers.AvgPool2d(3)
+    assert (pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad) == (
+        (3, 3),
+        (0, 0),
+        False,
+        True,
+    )
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        F.avg_pool2d(torch.zeros(1, 1, 8, 8), 3, 2, 2)
+    with pytest.raises(ValueError, match="at most half"):
+        layers.AvgPool2d(3, 2, 2)
+    with pytest.raises(RuntimeError, match="too small"):
+        F.avg_pool2d(torch.zeros(1, 1, 3, 3), 5, 3)
+    with pytest.raises(ValueError, match="too small"):
+        layers.AvgPool2d(5, 3)(jnp.zeros((1, 1, 3, 3)))

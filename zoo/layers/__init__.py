@@ -37,7 +37,12 @@ from ._ops import (
     conv2d_kaiming as conv2d_kaiming,
     conv_norm_activation as conv_norm_activation,
 )
-from ._pool import AdaptiveAvgPool2d as AdaptiveAvgPool2d, MaxPool2d as MaxPool2d
+from ._pool import (
+    AdaptiveAvgPool2d as AdaptiveAvgPool2d,
+    AvgPool2d as AvgPool2d,
+    MaxPool2d as MaxPool2d,
+    avg_pool2d as avg_pool2d,
+)
 from ._sequential import (
     Layer as Layer,
     NamedSequential as NamedSequential,

@@ -170,6 +170,117 @@ class MaxPool2d(eqx.Module):
         )
 
 
+def _avg_divisors(size: int, kernel: int, stride: int, padding: int, out: int, with_pad: bool):
+    """Each window's element count along one axis, as torch's CPU kernel counts it: the
+    window clipped to the padded input (`with_pad`, torch's `count_include_pad`; a ceil-mode
+    window running past the right padding is cut there) or to the input itself."""
+    counts = []
+    for i in range(out):
+        lo = i * stride - padding
+        hi = min(lo + kernel, size + padding)
+        counts.append(hi - lo if with_pad else min(hi, size) - max(lo, 0))
+    return counts
+
+
+def avg_pool2d(
+    x: Float[Array, "batch channels height width"],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    channels_last: bool = False,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> Float[Array, "batch channels out_height out_width"]:
+    """`torch.nn.functional.avg_pool2d` (without `divisor_override`): each window's sum over
+    the input (zero padding), divided by its element count as torch's kernels count it
+    (`_avg_divisors`: height count times width count, one integer, as torch divides)."""
+    (ph, pw), (kh, kw), (sh, sw) = padding, kernel, stride
+    h, w = _height_width(x, channels_last)
+    oh, ow = _max_pool_output_hw(x, kernel, stride, padding, ceil_mode, channels_last)
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"avg_pool2d: a {h}x{w} input gives a {oh}x{ow} output with kernel {kernel}, "
+            f"stride {stride} and padding {padding}: the input is too small (torch refuses it "
+            "too)"
+        )
+    # Far-side zeros beyond torch's `padding`, for ceil mode's last window; they add nothing
+    # to its sum, and its divisor stops at the padding.
+    extra_h, extra_w = (
+        max(0, (oh - 1) * sh + kh - h - 2 * ph),
+        max(0, (ow - 1) * sw + kw - w - 2 * pw),
+    )
+    sums = jax.lax.reduce_window(
+        x,
+        np.zeros((), x.dtype),  # a constant: JAX then knows the sum (and its gradient)
+        jax.lax.add,
+        window_dimensions=(1, kh, kw, 1) if channels_last else (1, 1, kh, kw),
+        window_strides=(1, sh, sw, 1) if channels_last else (1, 1, sh, sw),
+        padding=_spatial_pad((ph, ph + extra_h), (pw, pw + extra_w), channels_last),
+    )
+    rows = _avg_divisors(h, kh, sh, ph, oh, count_include_pad)
+    cols = _avg_divisors(w, kw, sw, pw, ow, count_include_pad)
+    if len(set(rows)) == 1 and len(set(cols)) == 1:
+        return sums / (rows[0] * cols[0])  # every window alike (the common case)
+    divisors = np.outer(rows, cols).astype(np.float64)
+    divisors = divisors[..., None] if channels_last else divisors
+    return sums / jnp.asarray(divisors, x.dtype)
+
+
+class AvgPool2d(eqx.Module):
+    """`torch.nn.AvgPool2d`: zero padding; each window's sum is divided by its size counting
+    the padding (`count_include_pad=True`, torch's default) or only the input's elements.
+    In `ceil_mode` the last window may run past the right padding: it is divided by the part
+    inside the padded input, as torch's CPU kernel does. NCHW, or NHWC with
+    `pool(x, channels_last=True)`.
+
+    **Arguments:**
+
+    - `kernel_size`, `stride` (default: the kernel size), `padding`: as in torch (the
+      padding at most half the kernel).
+    - `ceil_mode`: round the output size up, as torch does (a window never starts in the
+      right padding).
+    - `count_include_pad`: divide by the window's size including the padding.
+    """
+
+    kernel_size: tuple[int, int] = eqx.field(static=True)
+    stride: tuple[int, int] = eqx.field(static=True)
+    padding: tuple[int, int] = eqx.field(static=True)
+    ceil_mode: bool = eqx.field(static=True)
+    count_include_pad: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+    ):
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding = _pair(padding)
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ValueError(
+                f"AvgPool2d: padding {self.padding} should be at most half of the kernel "
+                f"size {self.kernel_size} (torch refuses it too)"
+            )
+
+    def __call__(
+        self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False
+    ) -> Float[Array, "batch channels out_height out_width"]:
+        return avg_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            channels_last,
+            self.ceil_mode,
+            self.count_include_pad,
+        )
+
+
 def _bins(size: int, out: int) -> list[tuple[int, int]]:
     """torch's adaptive-pooling windows along one axis: `[floor(i * size / out),
     ceil((i + 1) * size / out))` for each output `i` (they overlap where `out` does not
