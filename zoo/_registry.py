@@ -54,8 +54,10 @@ class ModelInfo:
     - `test_cfg`: how the registry-driven tests run it: `input_size` (small, odd), `slow`
       (a large variant: tested in float64 at that size, only with `pytest -m large`),
       `any_size` (False where only `input_size` works), `no_dropout` (the constructor
-      options that turn dropout off, for elementwise train-mode parity) and
-      `train_parity_large` (the float64 train step needs GBs: with `-m large` only).
+      options that turn dropout off, for elementwise train-mode parity), `no_aux` (the
+      options that remove auxiliary classifiers, for the train-mode test: with them
+      torchvision's GoogLeNet returns a namedtuple in train mode) and `train_parity_large`
+      (the float64 train step needs GBs: with `-m large` only).
     - `timm_name`: the same architecture's name in timm (feature maps are compared), or
       `None`.
     - `torchvision_checkpoint`: what torchvision's own builder does when it loads its

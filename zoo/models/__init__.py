@@ -18,6 +18,13 @@ from ._convnext import (
     convnext_tiny as convnext_tiny,
     timm_convnext_to_torchvision as timm_convnext_to_torchvision,
 )
+from ._densenet import (
+    DenseNet as DenseNet,
+    densenet121 as densenet121,
+    densenet161 as densenet161,
+    densenet169 as densenet169,
+    densenet201 as densenet201,
+)
 from ._efficientnet import (
     EfficientNet as EfficientNet,
     efficientnet_b0 as efficientnet_b0,
@@ -31,6 +38,23 @@ from ._efficientnet import (
     efficientnet_v2_l as efficientnet_v2_l,
     efficientnet_v2_m as efficientnet_v2_m,
     efficientnet_v2_s as efficientnet_v2_s,
+)
+from ._googlenet import (
+    GoogLeNet as GoogLeNet,
+    GoogLeNetOutputs as GoogLeNetOutputs,
+    googlenet as googlenet,
+)
+from ._inception import (
+    Inception3 as Inception3,
+    InceptionOutputs as InceptionOutputs,
+    inception_v3 as inception_v3,
+)
+from ._mnasnet import (
+    MNASNet as MNASNet,
+    mnasnet0_5 as mnasnet0_5,
+    mnasnet0_75 as mnasnet0_75,
+    mnasnet1_0 as mnasnet1_0,
+    mnasnet1_3 as mnasnet1_3,
 )
 from ._mobilenetv2 import MobileNetV2 as MobileNetV2, mobilenet_v2 as mobilenet_v2
 from ._mobilenetv3 import (
@@ -71,6 +95,13 @@ from ._resnet import (
     resnext101_64x4d as resnext101_64x4d,
     wide_resnet50_2 as wide_resnet50_2,
     wide_resnet101_2 as wide_resnet101_2,
+)
+from ._shufflenetv2 import (
+    ShuffleNetV2 as ShuffleNetV2,
+    shufflenet_v2_x0_5 as shufflenet_v2_x0_5,
+    shufflenet_v2_x1_0 as shufflenet_v2_x1_0,
+    shufflenet_v2_x1_5 as shufflenet_v2_x1_5,
+    shufflenet_v2_x2_0 as shufflenet_v2_x2_0,
 )
 from ._squeezenet import (
     Fire as Fire,
