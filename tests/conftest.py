@@ -190,12 +190,9 @@ def assert_far_from_kinks(model: torch.nn.Module, x: torch.Tensor, train: bool, 
 
 
 def to_float64(model):
-    """`model` (any JAX pytree) with its float32 arrays cast to float64; integer arrays (the
-    BatchNorm counters) stay. Use under `jax.enable_x64(True)`."""
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.float64) if eqx.is_array(a) and a.dtype == jnp.float32 else a,
-        model,
-    )
+    """`model` (any JAX pytree) with its float32 arrays cast to float64 (the BatchNorm
+    statistics' bits too); the counters stay. Use under `jax.enable_x64(True)`."""
+    return zoo.cast_floats(model, jnp.float64)
 
 
 def to_numpy(x) -> np.ndarray:

@@ -160,7 +160,7 @@ def test_train_mode_parity_float64(name):
             )
             assert max_abs_diff(logits, logits_ref) <= 1e-10, step
             # Buffers only: VGG's 133M parameters in float64 would be another gigabyte.
-            buffers = {k: v for k, v in wc.named_arrays(model).items() if wc.is_buffer_name(k)}
+            buffers = {k: v for k, v in wc.named_values(model).items() if wc.is_buffer_name(k)}
             for key, value in reference.state_dict().items():
                 if key.endswith("num_batches_tracked"):
                     assert int(buffers[key]) == int(value), key

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ._names import (
     is_buffer_name as is_buffer_name,
     named_arrays as named_arrays,
+    named_values as named_values,
     replace_arrays as replace_arrays,
     split_params_buffers as split_params_buffers,
+    statistic_float_dtype as statistic_float_dtype,
     strip_prefixes as strip_prefixes,
 )
 from ._report import (

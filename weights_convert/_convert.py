@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Array
 
 from ._adapt import adapt_input_conv
-from ._names import named_arrays, replace_arrays, strip_prefixes
+from ._names import named_arrays, replace_arrays, statistic_float_dtype, strip_prefixes
 from ._report import ConversionError, LoadReport, LoadWarning
 
 M = TypeVar("M")
@@ -33,9 +33,16 @@ _JAX_TO_TORCH = {
 }
 
 
-def torch_dtype_for(array: Array) -> torch.dtype:
-    """The torch dtype a model array is stored as in a state_dict."""
-    return _JAX_TO_TORCH[jnp.dtype(array.dtype)]
+def torch_dtype_for(array: Array, name: str = "") -> torch.dtype:
+    """The torch dtype a model array is stored as in a state_dict (`name`: its state_dict
+    key, for the BatchNorm statistics the zoo stores as bits: float32/float64 in torch)."""
+    float_dtype = statistic_float_dtype(name, array)
+    return _JAX_TO_TORCH[jnp.dtype(array.dtype if float_dtype is None else float_dtype)]
+
+
+def _bits_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The integer dtype of a float tensor's width (the zoo's storage of a statistic)."""
+    return torch.int64 if tensor.dtype == torch.float64 else torch.int32
 
 
 def torch_to_jax(tensor: torch.Tensor, dtype: Any = None, *, copy: bool = False) -> jax.Array:
@@ -251,7 +258,7 @@ def load_state_dict(
                 report.missing_keys.append(name)
             continue
         tensor = _as_tensor(state_dict[name], name)
-        expected_dtype = torch_dtype_for(target)
+        expected_dtype = torch_dtype_for(target, name)
         if tuple(tensor.shape) != tuple(target.shape):
             if adapt and classifier and name.startswith(classifier + "."):
                 report.reinitialized.append(name)
@@ -280,6 +287,11 @@ def load_state_dict(
             tensor = tensor.detach().to(expected_dtype)
         if check_finite and not _all_finite(tensor):
             report.non_finite.append(name)
+            continue
+        if statistic_float_dtype(name, target) is not None:
+            # Stored as its bits: a view, no copy (one if the tensor is not contiguous).
+            tensor = tensor.detach().contiguous().view(_bits_dtype(tensor))
+            (owned if cast else accepted).append((name, tensor, None))
             continue
         (owned if cast else accepted).append((name, tensor, _jax_storage_dtype(target)))
     new = {}
@@ -329,7 +341,11 @@ def to_state_dict(model: Any, *, copy: bool = True) -> "OrderedDict[str, torch.T
     JAX arrays: fine for saving or `load_state_dict` (which copies), but JAX assumes its
     arrays immutable, so nothing may write to such tensors in place.
     """
-    return OrderedDict(
-        (name, jax_to_torch(array, torch_dtype_for(array), copy=copy))
-        for name, array in named_arrays(model).items()
-    )
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, array in named_arrays(model).items():
+        if statistic_float_dtype(name, array) is not None:  # its bits, viewed as floats
+            tensor = jax_to_torch(array).view(torch_dtype_for(array, name))
+            out[name] = tensor.clone() if copy else tensor
+        else:
+            out[name] = jax_to_torch(array, torch_dtype_for(array), copy=copy)
+    return out

@@ -5,14 +5,23 @@ state_dict key for the same tensor. Non-array leaves (flags such as `inference`)
 """
 
 from collections.abc import Collection, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
+import numpy as np
 from jaxtyping import Array, PyTree
 
 T = TypeVar("T")
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+# BatchNorm's running statistics. The zoo stores them as the bits of their float values
+# (int32 for float32, int64 for float64; see `zoo.layers.BatchNorm2d`), which Equinox's
+# filters leave out; torch sees them as floats.
+STATISTIC_NAMES = frozenset({"running_mean", "running_var"})
+_FLOAT_OF_BITS = {
+    np.dtype(np.int32): np.dtype(np.float32),
+    np.dtype(np.int64): np.dtype(np.float64),
+}
 # What wrappers put in front of every key: DDP/DataParallel, torch.compile, a LightningModule's
 # `self.model`. They nest (`module._orig_mod.`) in any order.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -44,9 +53,35 @@ def named_arrays(model: PyTree) -> dict[str, Array]:
     return {_path_to_name(path): leaf for path, leaf in leaves if _is_array(leaf)}
 
 
+def named_values(model: PyTree) -> dict[str, Any]:
+    """`named_arrays`, with the BatchNorm statistics as their float values (the values
+    torch's buffers hold) instead of the bits the zoo stores: NumPy views on host arrays (no
+    compilation), a bitcast for traced ones."""
+    out = {}
+    for name, array in named_arrays(model).items():
+        float_dtype = statistic_float_dtype(name, array)
+        if float_dtype is not None:
+            if isinstance(array, jax.core.Tracer):
+                array = jax.lax.bitcast_convert_type(array, float_dtype)
+            elif not isinstance(array, jax.ShapeDtypeStruct):
+                array = np.asarray(array).view(float_dtype)
+            else:
+                array = jax.ShapeDtypeStruct(array.shape, float_dtype)
+        out[name] = array
+    return out
+
+
 def is_buffer_name(name: str) -> bool:
     """True for BatchNorm buffers (state), False for trainable parameters."""
     return name.rsplit(".", 1)[-1] in BUFFER_NAMES
+
+
+def statistic_float_dtype(name: str, array: Any) -> np.dtype | None:
+    """The float dtype whose bits the array named `name` stores (a BatchNorm statistic held
+    as int32/int64 bits), or `None` for an array that holds its values as they are."""
+    if name.rsplit(".", 1)[-1] not in STATISTIC_NAMES:
+        return None
+    return _FLOAT_OF_BITS.get(np.dtype(array.dtype))
 
 
 def replace_arrays(model: PyTree, new: Mapping[str, Array]) -> PyTree:

@@ -21,7 +21,7 @@ from ._functional import (
     trainable as trainable,
 )
 from ._lazy import lazy_attributes
-from ._load import load as load, to_torchvision as to_torchvision
+from ._load import cast_floats as cast_floats, load as load, to_torchvision as to_torchvision
 from ._modes import eval_mode as eval_mode, is_training as is_training, train_mode as train_mode
 from ._registry import (
     ModelInfo as ModelInfo,

@@ -114,20 +114,45 @@ def check_counts(num_classes: Any = None, in_chans: Any = None) -> None:
 
 
 def cast_floats(model: M, dtype: Any) -> M:
-    """`model` with its floating arrays cast to `dtype` (integer counters kept). The cast
-    runs in NumPy: eager `astype` would compile one XLA program per shape."""
+    """`model` with its floating arrays cast to `dtype` (integer counters kept). The
+    BatchNorm statistics, stored as bits (`zoo.layers.BatchNorm2d`), become float64 in a
+    float64 model and stay float32 otherwise, as torch keeps statistics in at least float32
+    under autocast. Host arrays are cast in NumPy: eager `astype` would compile one XLA
+    program per shape.
+
+    **Arguments:**
+
+    - `model`: any pytree holding a zoo model's arrays.
+    - `dtype`: the floating dtype (`jnp.float64`, `jnp.bfloat16`, ...).
+
+    **Returns:** the model with the cast arrays.
+    """
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    stat_dtype = jnp.dtype(jnp.float64 if dtype == jnp.float64 else jnp.float32)
 
-    def cast(a: Any) -> Any:
-        if not eqx.is_inexact_array(a) or a.dtype == dtype:
-            return a
+    def cast(a: Any, to: Any) -> Any:
         if isinstance(a, jax.core.Tracer):
-            return a.astype(dtype)
-        return jax.device_put(np.asarray(a).astype(dtype))
+            return a.astype(to)
+        return np.asarray(a).astype(to)
 
-    return jax.tree_util.tree_map(cast, model)
+    stored = wc.named_arrays(model)
+    new = {}
+    for name, value in wc.named_values(model).items():
+        if wc.statistic_float_dtype(name, stored[name]) is not None:
+            if value.dtype != stat_dtype:
+                value = cast(value, stat_dtype)
+                bits = jnp.int64 if stat_dtype == jnp.float64 else jnp.int32
+                new[name] = (
+                    jax.lax.bitcast_convert_type(value, bits)
+                    if isinstance(value, jax.core.Tracer)
+                    else jax.device_put(value.view(bits))
+                )
+        elif eqx.is_inexact_array(value) and value.dtype != dtype:
+            value = cast(value, dtype)
+            new[name] = value if isinstance(value, jax.core.Tracer) else jax.device_put(value)
+    return wc.replace_arrays(model, new)
 
 
 def load(

@@ -26,10 +26,16 @@ from torch import nn
 
 # torch_to_jax: zero-copy where DLPack allows, one contiguous copy otherwise (stride-0
 # expanded grads, channels_last or sliced inputs, unaligned views): never an error.
-from weights_convert import is_buffer_name, named_arrays, torch_to_jax as _to_jax
+from weights_convert import (
+    is_buffer_name,
+    named_arrays,
+    statistic_float_dtype,
+    torch_to_jax as _to_jax,
+)
 
 from .._compile import jit
 from .._modes import eval_mode, train_mode
+from ..layers._norm import statistic_bits, statistic_value
 from ..models._checks import check_image_batch
 
 
@@ -64,6 +70,15 @@ class _Program:
             i for i, n in enumerate(self.names) if is_buffer_name(n) and not _is_counter(n)
         ]
         self.counter_idx = [i for i, n in enumerate(self.names) if _is_counter(n)]
+        # The statistics the model stores as bits (torch holds their floats): their integer
+        # dtype in the template, or None.
+        leaves = named_arrays(dynamic)
+        self.buffer_bits = [
+            leaves[self.names[i]].dtype
+            if statistic_float_dtype(self.names[i], leaves[self.names[i]]) is not None
+            else None
+            for i in self.buffer_idx
+        ]
         # A features-only model returns a list of maps (see `ZooModel.features_only`).
         self.many_outputs = getattr(model, "out_indices", None) is not None
         self.forward = jit(self._run)  # `train` and `input_grad` are static (Python bools)
@@ -74,8 +89,9 @@ class _Program:
         leaves: list[Any] = [None] * len(self.names)
         for i, p in zip(self.param_idx, params, strict=True):
             leaves[i] = p
-        for i, b in zip(self.buffer_idx, buffers, strict=True):
-            leaves[i] = b
+        for i, b, bits in zip(self.buffer_idx, buffers, self.buffer_bits, strict=True):
+            # torch's float buffer (of whatever dtype `.to()` gave it) as the bits it stores.
+            leaves[i] = b if bits is None else statistic_bits(b)
         for j, i in enumerate(self.counter_idx):
             leaves[i] = counters[j]
         model = eqx.combine(jax.tree_util.tree_unflatten(self.treedef, leaves), self.static)
@@ -87,8 +103,11 @@ class _Program:
         if not train:
             return logits, jnp.zeros((0,), jnp.float32)
         leaves = jax.tree_util.tree_leaves(eqx.filter(new_model, eqx.is_array))
-        new_buffers = [leaves[i].reshape(-1).astype(jnp.float32) for i in self.buffer_idx]
-        return logits, jnp.concatenate(new_buffers) if new_buffers else jnp.zeros((0,))
+        new_buffers = [statistic_value(leaves[i]).reshape(-1) for i in self.buffer_idx]
+        if not new_buffers:
+            return logits, jnp.zeros((0,))
+        # One flat array in the buffers' own dtype (float64 in a float64 face).
+        return logits, jnp.concatenate(new_buffers).astype(jnp.result_type(*new_buffers))
 
     def _forward_vjp(self, train: bool, input_grad: bool, params, buffers, counters, x, seed):
         if input_grad:
@@ -166,6 +185,9 @@ class TorchModel(nn.Module):
                     owner.add_module(part, _Node())
                 owner = owner._modules[part]
             tensor = torch.from_dlpack(array).clone()
+            float_dtype = statistic_float_dtype(path, array)
+            if float_dtype is not None:  # stored as bits: torch's buffer holds the floats
+                tensor = tensor.view(torch.float64 if float_dtype.itemsize == 8 else torch.float32)
             if _is_counter(leaf):
                 owner.register_buffer(leaf, tensor.long())
             elif is_buffer_name(path):
@@ -202,10 +224,14 @@ class TorchModel(nn.Module):
         """
         prog = self._program
         leaves = []
-        for name, tensor in zip(prog.names, self._tensors(), strict=True):
+        bits = dict(zip(prog.buffer_idx, prog.buffer_bits, strict=True))
+        for i, (name, tensor) in enumerate(zip(prog.names, self._tensors(), strict=True)):
             # jnp.array copies (jnp.asarray of a NumPy view may alias the tensor's memory on
-            # CPU); the counters are int32 in the Equinox model, int64 in torch.
+            # CPU); the counters are int32 in the Equinox model, int64 in torch; the
+            # statistics are stored as their bits.
             array = tensor.detach().cpu().numpy()
+            if bits.get(i) is not None:
+                array = array.view(bits[i])
             leaves.append(jnp.array(array, dtype=jnp.int32 if _is_counter(name) else None))
         model = eqx.combine(jax.tree_util.tree_unflatten(prog.treedef, leaves), prog.static)
         return train_mode(model) if self.training else eval_mode(model)

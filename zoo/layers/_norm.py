@@ -1,4 +1,12 @@
-"""BatchNorm with torch's exact semantics, its buffers held as fields named like torch's."""
+"""BatchNorm with torch's exact semantics, its buffers held as fields named like torch's.
+
+The running statistics are stored as the *bits* of their float values (int32 for float32,
+int64 for float64): Equinox's filters (`eqx.is_inexact_array`) then leave them out, so an
+optimizer set up the usual Equinox way (`optimizer.init(eqx.filter(model,
+eqx.is_inexact_array))`) can neither decay nor train them, and `eqx.filter_grad` never
+differentiates them. Reading them is a free bitcast (`running_stats`); the converter and the
+torch face present them as torch's float buffers.
+"""
 
 from collections.abc import Callable, Hashable, Sequence
 from typing import Self
@@ -28,6 +36,9 @@ class BatchNorm2d(eqx.Module):
 
     Buffers are ordinary fields, so their attribute paths are torch's state_dict keys. A call
     returns the output and the layer with its updated buffers: `y, bn = bn(x)`.
+    `running_mean`/`running_var` hold the statistics' bits (see the module's docstring):
+    read their values with `bn.running_stats()`; `weights_convert.to_state_dict` exports
+    them as floats. A float array assigned there (`eqx.tree_at`) is read as it is.
 
     **Arguments:**
 
@@ -43,8 +54,9 @@ class BatchNorm2d(eqx.Module):
 
     weight: Float[Array, " channels"]
     bias: Float[Array, " channels"]
-    running_mean: Float[Array, " channels"]
-    running_var: Float[Array, " channels"]
+    # The float32 (float64) statistics' bits, as int32 (int64): see the module's docstring.
+    running_mean: Int[Array, " channels"]
+    running_var: Int[Array, " channels"]
     # int32 here (JAX's default integer); exported back to torch as int64.
     num_batches_tracked: Int[Array, ""]
     # A leaf, as in `eqx.nn.BatchNorm`, so `eqx.nn.inference_mode` flips it; `eqx.filter_jit`
@@ -73,7 +85,8 @@ class BatchNorm2d(eqx.Module):
         # One NumPy array per field: `device_put` may alias its memory, and two fields on one
         # buffer would break donation and the torch face's in-place updates.
         self.weight, self.bias, self.running_mean, self.running_var = jax.device_put(
-            [fill(num_features, np.float32) for fill in (np.ones, np.zeros, np.zeros, np.ones)]
+            [fill(num_features, np.float32) for fill in (np.ones, np.zeros)]
+            + [fill(num_features, np.float32).view(np.int32) for fill in (np.zeros, np.ones)]
         )
         self.num_batches_tracked = jax.device_put(np.zeros((), np.int32))
 
@@ -103,8 +116,9 @@ class BatchNorm2d(eqx.Module):
     ) -> tuple[Array, Self]:
         """The layer on `x`, whose per-channel sums are `channel_sums(x)` and against which a
         per-channel vector `v` broadcasts as `expand(v)`."""
+        running_mean, running_var = self.running_stats()
         if inference_flag(self.inference, "BatchNorm2d"):
-            return self._normalise(x, self.running_mean, self.running_var, expand), self
+            return self._normalise(x, running_mean, running_var, expand), self
         # Statistics in at least fp32, as torch does for half inputs.
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
@@ -126,18 +140,23 @@ class BatchNorm2d(eqx.Module):
         num_batches = self.num_batches_tracked + 1
         factor = 1.0 / num_batches if self.momentum is None else self.momentum
         unbiased_var = var * (count / (count - 1))
-        new_mean = (1 - factor) * self.running_mean + factor * mean
-        new_var = (1 - factor) * self.running_var + factor * unbiased_var
+        new_mean = (1 - factor) * running_mean + factor * mean
+        new_var = (1 - factor) * running_var + factor * unbiased_var
         updated = eqx.tree_at(
             lambda bn: (bn.running_mean, bn.running_var, bn.num_batches_tracked),
             self,
             (
-                new_mean.astype(self.running_mean.dtype),
-                new_var.astype(self.running_var.dtype),
+                _stored_like(new_mean, self.running_mean),
+                _stored_like(new_var, self.running_var),
                 num_batches.astype(self.num_batches_tracked.dtype),
             ),
         )
         return self._scale_shift(centred, var, expand).astype(x.dtype), updated
+
+    def running_stats(self) -> tuple[Float[Array, " channels"], Float[Array, " channels"]]:
+        """**Returns:** `(running_mean, running_var)` as floats (float32, or float64 in a
+        float64 model): the values torch's buffers hold."""
+        return statistic_value(self.running_mean), statistic_value(self.running_var)
 
     def _sync(self, sums: Array) -> Array:
         return sums if self.axis_name is None else jax.lax.psum(sums, self.axis_name)
@@ -154,6 +173,40 @@ class BatchNorm2d(eqx.Module):
         inv = 1.0 / jnp.sqrt(var + self.eps)
         scale = (self.weight * inv).astype(centred.dtype)
         return centred * expand(scale) + expand(self.bias.astype(centred.dtype))
+
+
+# A statistic's float dtype by the width of its stored bits.
+_FLOAT_OF_BITS = {
+    np.dtype(np.int32): np.dtype(np.float32),
+    np.dtype(np.int64): np.dtype(np.float64),
+}
+_BITS_OF_FLOAT = {f: i for i, f in _FLOAT_OF_BITS.items()}
+
+
+def statistic_value(stored: Array) -> Array:
+    """A statistic's float values from its stored bits (a float array is returned as it
+    is). Free under `jit`: a bitcast."""
+    float_dtype = _FLOAT_OF_BITS.get(np.dtype(stored.dtype))
+    if float_dtype is None:
+        return stored
+    return jax.lax.bitcast_convert_type(stored, float_dtype)
+
+
+def statistic_bits(value: Array) -> Array:
+    """The bits BatchNorm stores for float `value` (float32 or float64; a half-precision
+    value is widened to float32, as torch keeps statistics in at least float32 under
+    autocast)."""
+    value = value.astype(jnp.promote_types(value.dtype, jnp.float32))
+    return jax.lax.bitcast_convert_type(value, _BITS_OF_FLOAT[np.dtype(value.dtype)])
+
+
+def _stored_like(value: Array, stored: Array) -> Array:
+    """`value` stored as `stored` is: as bits of the same width, or as a float of its
+    dtype (a float array a user put there)."""
+    float_dtype = _FLOAT_OF_BITS.get(np.dtype(stored.dtype))
+    if float_dtype is None:
+        return value.astype(stored.dtype)
+    return jax.lax.bitcast_convert_type(value.astype(float_dtype), stored.dtype)
 
 
 # Row width (elements) that `_channel_sums` folds an NHWC batch to.

@@ -344,7 +344,10 @@ class ImageClassifier(L.LightningModule):
             for name, array in zip(self._names, leaves, strict=True):
                 # The arrays are replicated: read device 0's copy through DLPack (zero-copy,
                 # and no warning about read-only NumPy views), then copy once into torch.
-                tensors[name].copy_(torch.from_dlpack(array.addressable_shards[0].data))
+                source = torch.from_dlpack(array.addressable_shards[0].data)
+                if wc.statistic_float_dtype(name, array) is not None:
+                    source = source.view(tensors[name].dtype)  # a statistic's bits
+                tensors[name].copy_(source)
 
     def load_state_dict(self, *args, **kwargs):
         out = super().load_state_dict(*args, **kwargs)

@@ -132,4 +132,3 @@ def _small_cnn_torch(**kwargs):
 def cnn(*, key: PRNGKeyArray | None = None, **kwargs) -> SmallCNN:
     """The zoo's small CNN (see `SmallCNN`)."""
     return SmallCNN(key=key, **kwargs)
-
