@@ -142,6 +142,19 @@ def test_transform_input_is_torchvisions():
         zoo.load("googlenet", framework="equinox", transform_input=True, in_chans=1)
 
 
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_to_torchvision_keeps_the_options_a_state_dict_does_not_record(framework):
+    """`zoo.to_torchvision` builds the twin with the model's `config_kwargs()`: without the
+    aux heads (a strict load needs that) and with `transform_input` (else other logits)."""
+    face = zoo.load("googlenet", framework=framework, aux_logits=False, transform_input=True)
+    native = zoo.to_torchvision(face)
+    assert native.aux1 is None and native.transform_input
+    x = images(79)
+    with torch.no_grad():
+        ours = face(x) if framework == "torch" else face(x.numpy())
+        assert max_abs_diff(ours, native(x)) <= 1e-4
+
+
 def test_inception_auxiliary_classifier_needs_299_pixels_in_train_mode():
     """As torchvision's (whose 5x5 convolution fails on a smaller map), with an error that says
     what to do; eval mode, where it does not run, takes 75x75."""

@@ -325,11 +325,16 @@ def to_torchvision(face: JaxModel | TorchModel, name: str | None = None) -> torc
         raise ValueError(f"{name!r} was registered without a torch_builder")
     if isinstance(face, TorchModel):
         state_dict = face.state_dict()
+        model = face.to_equinox()
     else:
-        state_dict = wc.to_state_dict(face.model if isinstance(face, JaxModel) else face)
+        model = face.model if isinstance(face, JaxModel) else face
+        state_dict = wc.to_state_dict(model)
     head = state_dict.get(f"{info.classifier}.weight")
     stem = state_dict[f"{info.first_conv}.weight"]
     num_classes = 0 if head is None else head.shape[0]
-    native = info.torch_builder(num_classes=num_classes, in_chans=stem.shape[1])
+    # The options a state_dict does not pin down (GoogLeNet's aux_logits and
+    # transform_input, dropout rates): without them the twin would compute another function.
+    options = model.config_kwargs() if hasattr(model, "config_kwargs") else {}
+    native = info.torch_builder(num_classes=num_classes, in_chans=stem.shape[1], **options)
     native.load_state_dict(state_dict, strict=True)
     return native.eval()
