@@ -7,8 +7,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
 import copy
 import inspect
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +31,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under `pytest -n N` each worker is one of N processes sharing the cores: torch's own
     # thread pool would oversubscribe them (a float64 forward took 1-16 s instead of 0.1 s).
     torch.set_num_threads(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent JAX compilation cache per test run, shared by the xdist workers (they
+    inherit the directory from the controller, which makes it): the suite compiles the same
+    programs in many tests (a model's eval forward for parity, faces and export), and a
+    compile found in the cache takes milliseconds. A fresh directory each run, so no run
+    depends on an earlier one. JAX still logs "Compiling ..." on a cache hit, so the
+    compiles-nothing tests keep their meaning."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and "ZOO_TEST_JAX_CACHE" not in os.environ:
+        os.environ["ZOO_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="zoo-jax-cache-")
+        config.stash[_CACHE_OWNER] = os.environ["ZOO_TEST_JAX_CACHE"]
+    jax.config.update("jax_compilation_cache_dir", os.environ["ZOO_TEST_JAX_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    owned = config.stash.get(_CACHE_OWNER, None)
+    if owned:
+        shutil.rmtree(owned, ignore_errors=True)
+        os.environ.pop("ZOO_TEST_JAX_CACHE", None)
+
+
+_CACHE_OWNER = pytest.StashKey[str]()
 
 
 def run_python(

@@ -60,7 +60,7 @@ def _train_outputs(model, x):
 
 
 def _buffers(model) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in wc.named_arrays(model).items() if wc.is_buffer_name(k)}
+    return {k: np.asarray(v) for k, v in wc.named_values(model).items() if wc.is_buffer_name(k)}
 
 
 def test_googlenet_forward_with_aux_is_torchvisions_train_mode_call():

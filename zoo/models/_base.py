@@ -299,3 +299,44 @@ class ZooModel(eqx.Module):
 
 
 __all__ = ["FeatureInfo", "ZooModel", "classifier_head", "run_stages", "stage_ends"]
+
+
+class ConvHeadModel(ZooModel):
+    """A model whose `feature_info` maps end before a final convolution, the "head"
+    (timm's `conv_head`): `forward_features` returns the head's output, which the classifier
+    pools; the maps (`features_only`, `forward_intermediates(intermediates_only=True)`) are
+    the stages' and never run the head, as in timm. EfficientNet, ShuffleNet V2 and MNASNet
+    are built so."""
+
+    @abc.abstractmethod
+    def _forward_stages(
+        self,
+        x: Float[Array, "batch height width channels"],
+        *,
+        depth: int,
+        key: PRNGKeyArray | None = None,
+        head: bool | None = None,
+    ) -> tuple[list[Array], Self]:
+        """As `ZooModel`'s; at full depth (unless `head=False`) one more map after the
+        `feature_info` maps: the head's output, which `forward_features` (the contract's
+        last map) returns."""
+
+    def forward_intermediates(
+        self,
+        x: Float[Array, "batch channels height width"],
+        *,
+        indices: int | Sequence[int] | None = None,
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Any, Self]:
+        """`ZooModel.forward_intermediates`; with `intermediates_only=True` (as a
+        `features_only` model's calls) the head does not run, so its BatchNorm buffers stay."""
+        if not intermediates_only:
+            return super().forward_intermediates(x, indices=indices, stop_early=stop_early, key=key)
+        self._check(x)
+        wanted = _normalise_indices(indices, len(self.feature_info))
+        maps, model = self._forward_stages(
+            x.transpose(0, 2, 3, 1), depth=wanted[-1] + 1, key=key, head=False
+        )
+        return [maps[i].transpose(0, 3, 1, 2) for i in wanted], model

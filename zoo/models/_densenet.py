@@ -373,7 +373,10 @@ def _densenet(
 
 # 33x33 gives maps of 17, 9, 4, 2 and 1 pixels: the smallest odd size past torchvision's
 # 29x29 minimum, where every BatchNorm of the train-mode test still sees 4 values.
-_TEST = {"input_size": (3, 33, 33), "no_dropout": {"drop_rate": 0.0}}
+# `train_parity_large`: densenet121's float64 train step compiles ~23,000 operations (a
+# minute of the default run); tests/test_densenet.py runs the same train-mode comparison on
+# two small DenseNets by default, the full one runs with `-m large`.
+_TEST = {"input_size": (3, 33, 33), "no_dropout": {"drop_rate": 0.0}, "train_parity_large": True}
 _SLOW = _TEST | {"slow": True}
 _CFG = {"torch_builder": "torchvision", "torchvision_checkpoint": torchvision_checkpoint}
 

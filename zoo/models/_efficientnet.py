@@ -30,9 +30,8 @@ from ..layers import (
     zeros,
 )
 from ._base import (
+    ConvHeadModel,
     FeatureInfo,
-    ZooModel,
-    _normalise_indices,
     classifier_head,
     run_stages,
     stage_ends,
@@ -346,7 +345,7 @@ def _classifier_linear(keys: Iterator[PRNGKeyArray], in_features: int, out_featu
     return eqx.tree_at(lambda m: (m.weight, m.bias), linear, (weight, zeros((out_features,))))
 
 
-class EfficientNet(ZooModel):
+class EfficientNet(ConvHeadModel):
     """torchvision's `EfficientNet` (V1 and V2), as an Equinox module over NCHW batches.
 
     **Arguments:**
@@ -455,26 +454,6 @@ class EfficientNet(ZooModel):
             ends, depth = (*ends, len(self.features) - 1), len(ends) + 1
         maps, features = run_stages(self.features, x, ends=ends, depth=depth, key=key)
         return maps, eqx.tree_at(lambda m: m.features, self, features)
-
-    def forward_intermediates(
-        self,
-        x: Float[Array, "batch channels height width"],
-        *,
-        indices: int | Sequence[int] | None = None,
-        intermediates_only: bool = False,
-        stop_early: bool = False,
-        key: PRNGKeyArray | None = None,
-    ) -> tuple[Any, Self]:
-        """`ZooModel.forward_intermediates`; with `intermediates_only=True` (as a
-        `features_only` model's calls) the head convolution does not run, as in timm."""
-        if not intermediates_only:
-            return super().forward_intermediates(x, indices=indices, stop_early=stop_early, key=key)
-        self._check(x)
-        wanted = _normalise_indices(indices, len(self.feature_info))
-        maps, model = self._forward_stages(
-            x.transpose(0, 2, 3, 1), depth=wanted[-1] + 1, key=key, head=False
-        )
-        return [maps[i].transpose(0, 3, 1, 2) for i in wanted], model
 
     def forward_head(
         self,

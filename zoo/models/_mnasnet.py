@@ -34,10 +34,9 @@ from ..layers import (
     uniform,
     zeros,
 )
-from ._base import FeatureInfo, classifier_head, run_stages, stage_ends
+from ._base import ConvHeadModel, FeatureInfo, classifier_head, run_stages, stage_ends
 from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys
-from ._shufflenetv2 import ConvHeadModel
 
 if TYPE_CHECKING:
     import torch

@@ -5,9 +5,8 @@ Attribute paths equal torchvision's state_dict keys (`stage2.0.branch1.0.weight`
 tuples. A call returns `(logits, model)` as for every zoo model.
 """
 
-import abc
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import equinox as eqx
 import jax
@@ -24,49 +23,9 @@ from ..layers import (
     ReLU,
     run_sequential,
 )
-from ._base import FeatureInfo, ZooModel, _normalise_indices, run_stages
+from ._base import ConvHeadModel, FeatureInfo, run_stages
 from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys
-
-
-class ConvHeadModel(ZooModel):
-    """A model whose `feature_info` maps end before a final convolution, the "head"
-    (timm's `conv_head`): `forward_features` returns the head's output, which the classifier
-    pools; the maps (`features_only`, `forward_intermediates(intermediates_only=True)`) are
-    the stages' and never run the head, as in timm. (EfficientNet's arrangement.)"""
-
-    @abc.abstractmethod
-    def _forward_stages(
-        self,
-        x: Float[Array, "batch height width channels"],
-        *,
-        depth: int,
-        key: PRNGKeyArray | None = None,
-        head: bool | None = None,
-    ) -> tuple[list[Array], Self]:
-        """As `ZooModel`'s; at full depth (unless `head=False`) one more map after the
-        `feature_info` maps: the head's output, which `forward_features` (the contract's
-        last map) returns."""
-
-    def forward_intermediates(
-        self,
-        x: Float[Array, "batch channels height width"],
-        *,
-        indices: int | Sequence[int] | None = None,
-        intermediates_only: bool = False,
-        stop_early: bool = False,
-        key: PRNGKeyArray | None = None,
-    ) -> tuple[Any, Self]:
-        """`ZooModel.forward_intermediates`; with `intermediates_only=True` (as a
-        `features_only` model's calls) the head does not run, so its BatchNorm buffers stay."""
-        if not intermediates_only:
-            return super().forward_intermediates(x, indices=indices, stop_early=stop_early, key=key)
-        self._check(x)
-        wanted = _normalise_indices(indices, len(self.feature_info))
-        maps, model = self._forward_stages(
-            x.transpose(0, 2, 3, 1), depth=wanted[-1] + 1, key=key, head=False
-        )
-        return [maps[i].transpose(0, 3, 1, 2) for i in wanted], model
 
 
 def channel_shuffle(
