@@ -57,8 +57,8 @@ class ModelInfo:
       options that turn dropout off, for elementwise train-mode parity), `no_aux` (the
       options that remove auxiliary classifiers, for the train-mode test: with them
       torchvision's GoogLeNet returns a namedtuple in train mode) and `train_parity_large`
-      (the float64 train step needs GBs, VGG, or a minute to compile, DenseNet, whose own
-      tests cover train mode on small configurations: with `-m large` only).
+      (the float64 train step needs GBs, VGG, or most of a minute to compile, DenseNet and
+      GoogLeNet, whose own tests cover train mode by default: with `-m large` only).
     - `timm_name`: the same architecture's name in timm (feature maps are compared), or
       `None`.
     - `torchvision_checkpoint`: what torchvision's own builder does when it loads its

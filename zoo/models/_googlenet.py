@@ -506,7 +506,10 @@ def googlenet_checkpoint(state_dict: dict[str, Any], kwargs: dict[str, Any]) -> 
 # the four pools. At 33x33 (maps of 2 and 1 pixels) the 3x3 convolutions are matmuls
 # (`zoo.layers.lowers_to_matmul`) whose im2col made every compile ~2x slower, for 7 tests.
 # `no_aux`: torchvision's train-mode call returns a namedtuple with the auxiliary logits;
-# tests/test_googlenet_inception.py tests them.
+# tests/test_googlenet_inception.py tests them. `train_parity_large`: the float64 train step
+# (45 s of the default run) runs with `-m large`, as does the stricter train step with the
+# auxiliary losses; by default the train-mode outputs and statistics are compared in float64
+# (`test_googlenet_forward_with_aux_is_torchvisions_train_mode_call`).
 @register(
     GoogLeNet,
     torch_builder="torchvision",
@@ -516,6 +519,7 @@ def googlenet_checkpoint(state_dict: dict[str, Any], kwargs: dict[str, Any]) -> 
         "input_size": (3, 79, 79),
         "no_dropout": {"dropout": 0.0, "dropout_aux": 0.0},
         "no_aux": {"aux_logits": False},
+        "train_parity_large": True,
     },
 )
 def googlenet(*, key: PRNGKeyArray | None = None, **kwargs) -> GoogLeNet:
