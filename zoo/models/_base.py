@@ -340,3 +340,16 @@ class ConvHeadModel(ZooModel):
             x.transpose(0, 2, 3, 1), depth=wanted[-1] + 1, key=key, head=False
         )
         return [maps[i].transpose(0, 3, 1, 2) for i in wanted], model
+
+
+def head_stage_ends(
+    ends: Sequence[int], depth: int, head: bool | None, count: int
+) -> tuple[tuple[int, ...], int]:
+    """A `ConvHeadModel` trunk's `(ends, depth)` for `run_stages`: the `feature_info` maps'
+    member indices `ends`, and, at full depth (or with `head=True`; never with
+    `head=False`), the head, the trunk's last of `count` members, as one more map."""
+    if head is None:
+        head = depth == len(ends)
+    if head:
+        return (*ends, count - 1), len(ends) + 1
+    return tuple(ends), depth

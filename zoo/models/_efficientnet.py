@@ -33,6 +33,7 @@ from ._base import (
     ConvHeadModel,
     FeatureInfo,
     classifier_head,
+    head_stage_ends,
     run_stages,
     stage_ends,
 )
@@ -447,11 +448,8 @@ class EfficientNet(ConvHeadModel):
         """As `ZooModel`'s; at full depth (unless `head=False`) one more map after the
         `feature_info` maps: the head convolution's output, which `forward_features` (the
         contract's last map) returns."""
-        ends = tuple(int(info.module.split(".")[1]) for info in self.feature_info)
-        if head is None:
-            head = depth == len(ends)
-        if head:
-            ends, depth = (*ends, len(self.features) - 1), len(ends) + 1
+        ends = [int(info.module.split(".")[1]) for info in self.feature_info]
+        ends, depth = head_stage_ends(ends, depth, head, len(self.features))
         maps, features = run_stages(self.features, x, ends=ends, depth=depth, key=key)
         return maps, eqx.tree_at(lambda m: m.features, self, features)
 

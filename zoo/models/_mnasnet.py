@@ -34,7 +34,14 @@ from ..layers import (
     uniform,
     zeros,
 )
-from ._base import ConvHeadModel, FeatureInfo, classifier_head, run_stages, stage_ends
+from ._base import (
+    ConvHeadModel,
+    FeatureInfo,
+    classifier_head,
+    head_stage_ends,
+    run_stages,
+    stage_ends,
+)
 from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys
 
@@ -249,11 +256,8 @@ class MNASNet(ConvHeadModel):
         key: PRNGKeyArray | None = None,
         head: bool | None = None,
     ) -> tuple[list[Array], Self]:
-        ends = tuple(int(info.module.split(".")[1]) for info in self.feature_info)
-        if head is None:
-            head = depth == len(ends)
-        if head:
-            ends, depth = (*ends, len(self.layers) - 1), len(ends) + 1
+        ends = [int(info.module.split(".")[1]) for info in self.feature_info]
+        ends, depth = head_stage_ends(ends, depth, head, len(self.layers))
         maps, layers = run_stages(self.layers, x, ends=ends, depth=depth, key=key)
         return maps, eqx.tree_at(lambda m: m.layers, self, layers)
 

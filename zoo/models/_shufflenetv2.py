@@ -23,7 +23,7 @@ from ..layers import (
     ReLU,
     run_sequential,
 )
-from ._base import ConvHeadModel, FeatureInfo, run_stages
+from ._base import ConvHeadModel, FeatureInfo, head_stage_ends, run_stages
 from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys
 
@@ -200,11 +200,7 @@ class ShuffleNetV2(ConvHeadModel):
     ) -> tuple[list[Array], Self]:
         del key  # no randomness in ShuffleNet
         trunk = (self.conv1, self.maxpool, self.stage2, self.stage3, self.stage4, self.conv5)
-        ends = tuple(range(len(self.feature_info)))
-        if head is None:
-            head = depth == len(ends)
-        if head:
-            ends, depth = (*ends, len(trunk) - 1), len(ends) + 1
+        ends, depth = head_stage_ends(range(len(self.feature_info)), depth, head, len(trunk))
         maps, (conv1, _, *rest) = run_stages(trunk, x, ends=ends, depth=depth, key=None)
         new = eqx.tree_at(
             lambda m: (m.conv1, m.stage2, m.stage3, m.stage4, m.conv5), self, (conv1, *rest)
