@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from . import adapters as adapters, layers as layers, models as models
 from ._compile import (
     CPU_COMPILER_OPTIONS as CPU_COMPILER_OPTIONS,
+    enable_compilation_cache as enable_compilation_cache,
     fusion_barrier as fusion_barrier,
     jit as jit,
 )
@@ -34,7 +35,10 @@ from .adapters import JaxModel as JaxModel
 if TYPE_CHECKING:
     from . import hub as hub
     from ._sources import WeightsError as WeightsError
-    from .adapters import TorchModel as TorchModel
+    from .adapters import (
+        TorchModel as TorchModel,
+        ZooTorchFallbackWarning as ZooTorchFallbackWarning,
+    )
     from .hub import push_to_hub as push_to_hub, save_pretrained as save_pretrained
 
 __getattr__, __dir__ = lazy_attributes(
@@ -43,6 +47,7 @@ __getattr__, __dir__ = lazy_attributes(
     {
         "WeightsError": "._sources",
         "TorchModel": ".adapters",
+        "ZooTorchFallbackWarning": ".adapters",
         "hub": ".hub",
         "push_to_hub": ".hub",
         "save_pretrained": ".hub",

@@ -2,6 +2,7 @@
 `zoo.fusion_barrier`, which keeps XLA:CPU from re-fusing a value's producers into its users."""
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,4 +178,26 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(x, cpu=_cpu_fusion_barrier, default=_identity)
 
 
-__all__ = ["CPU_COMPILER_OPTIONS", "fusion_barrier", "jit"]
+__all__ = ["CPU_COMPILER_OPTIONS", "enable_compilation_cache", "fusion_barrier", "jit"]
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache, so a second process compiles nothing the
+    first compiled: in `$ZOO_COMPILATION_CACHE`, else `$XDG_CACHE_HOME/equizoo/jax` (default
+    `~/.cache/equizoo/jax`). Called when a model is loaded; a cache directory the user
+    configured (`jax_compilation_cache_dir`, `JAX_COMPILATION_CACHE_DIR`) is kept, and
+    `ZOO_COMPILATION_CACHE=0` turns this off.
+
+    **Returns:** the cache directory in use, or `None`.
+    """
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    choice = os.environ.get("ZOO_COMPILATION_CACHE", "")
+    if choice.lower() in ("0", "off", "false", "no"):
+        return None
+    if not choice:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        choice = os.path.join(base, "equizoo", "jax")
+    jax.config.update("jax_compilation_cache_dir", choice)
+    return choice

@@ -15,6 +15,7 @@ from jaxtyping import PRNGKeyArray
 
 import weights_convert as wc
 
+from ._compile import enable_compilation_cache
 from ._modes import eval_mode
 from ._registry import ModelInfo, get_model_info
 from .adapters import JaxModel
@@ -197,6 +198,7 @@ def load(
 
     **Returns:** a `JaxModel`, a `TorchModel` or an Equinox module.
     """
+    enable_compilation_cache()  # a second process compiles nothing the first compiled
     if name.startswith(("hf-hub:", "local-dir:")):  # an exported folder names its architecture
         from .hub import load_source
 
@@ -314,7 +316,9 @@ def build(
 
 def to_torchvision(face: JaxModel | TorchModel, name: str | None = None) -> torch.nn.Module:
     """The plain torch model (torchvision's, or the CNN's twin) carrying the same weights,
-    in eval mode. `name` is needed only for a bare Equinox model."""
+    in eval mode. From a torch face: a copy of its module tree as the plain twin class, with
+    every module the user replaced, computing in torch with identical outputs. `name` is
+    needed only for a bare Equinox model."""
     from .adapters import TorchModel  # imports torch
 
     name = name or getattr(face, "name", None)
@@ -324,8 +328,7 @@ def to_torchvision(face: JaxModel | TorchModel, name: str | None = None) -> torc
     if info.torch_builder is None:
         raise ValueError(f"{name!r} was registered without a torch_builder")
     if isinstance(face, TorchModel):
-        state_dict = face.state_dict()
-        model = face.to_equinox()
+        return face.to_torchvision().eval()
     else:
         model = face.model if isinstance(face, JaxModel) else face
         state_dict = wc.to_state_dict(model)

@@ -6,7 +6,12 @@ from .._lazy import lazy_attributes
 from ._jax_face import JaxModel as JaxModel
 
 if TYPE_CHECKING:
-    from ._torch_face import TorchModel as TorchModel
+    from ._torch_face import (
+        TorchModel as TorchModel,
+        ZooTorchFallbackWarning as ZooTorchFallbackWarning,
+    )
 
 # The torch face imports torch: loaded on first use.
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), {"TorchModel": "._torch_face"})
+__getattr__, __dir__ = lazy_attributes(
+    __name__, globals(), {"TorchModel": "._torch_face", "ZooTorchFallbackWarning": "._torch_face"}
+)

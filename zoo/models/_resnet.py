@@ -19,6 +19,7 @@ from ..layers import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
     Conv2d,
+    Layer,
     Linear,
     MaxPool2d,
     kaiming_normal_fan_out as _kaiming,
@@ -75,7 +76,7 @@ def _downsample(
     return y, (conv, bn)
 
 
-class BasicBlock(eqx.Module):
+class BasicBlock(Layer):
     """torchvision's `BasicBlock`: two 3x3 convolutions and an identity (or 1x1) shortcut.
 
     A call `block(x)` takes NCHW (NHWC with `channels_last=True`) and returns
@@ -111,7 +112,10 @@ class BasicBlock(eqx.Module):
         self.bn2 = BatchNorm2d(planes)
         self.downsample = downsample
 
-    def __call__(self, x: Array, *, channels_last: bool = False) -> tuple[Array, Self]:
+    def __call__(
+        self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
+    ) -> tuple[Array, Self]:
+        del key  # no randomness (a `zoo.layers.Layer`, so sequentials and faces call it)
         nhwc = {"channels_last": channels_last}
         out, bn1 = self.bn1(self.conv1(x, **nhwc), **nhwc)
         out, bn2 = self.bn2(self.conv2(relu(out), **nhwc), **nhwc)
@@ -122,7 +126,7 @@ class BasicBlock(eqx.Module):
         return relu(out + identity), new
 
 
-class Bottleneck(eqx.Module):
+class Bottleneck(Layer):
     """torchvision's `Bottleneck` (ResNet v1.5: the stride sits on the 3x3 convolution).
 
     Called like `BasicBlock`.
@@ -158,7 +162,10 @@ class Bottleneck(eqx.Module):
         self.bn3 = BatchNorm2d(planes * self.expansion)
         self.downsample = downsample
 
-    def __call__(self, x: Array, *, channels_last: bool = False) -> tuple[Array, Self]:
+    def __call__(
+        self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
+    ) -> tuple[Array, Self]:
+        del key  # no randomness (a `zoo.layers.Layer`, so sequentials and faces call it)
         nhwc = {"channels_last": channels_last}
         out, bn1 = self.bn1(self.conv1(x, **nhwc), **nhwc)
         out, bn2 = self.bn2(self.conv2(relu(out), **nhwc), **nhwc)
