@@ -35,8 +35,10 @@ def reference():
 
 
 def fresh_pair(reference):
-    ref = copy.deepcopy(reference)
-    return ref, zoo.load("resnet18", framework="torch", weights=ref.state_dict())
+    """The reference and a torch face with its weights, both in eval mode (each test sets the
+    mode it needs; the face's train-mode default is tested in test_torch_face.py)."""
+    ref = copy.deepcopy(reference).eval()
+    return ref, zoo.load("resnet18", framework="torch", weights=ref.state_dict()).eval()
 
 
 def assert_grads_close(ours, theirs, key=""):
@@ -65,12 +67,13 @@ def test_parameters_share_memory_with_the_jax_arrays(reference, images):
     _, face = fresh_pair(reference)
     with torch.no_grad():
         face(images(1, 3, 32, 32))
-    tensors = dict(face.named_parameters()) | dict(face.named_buffers())
-    names = face._program.names
-    for index, (ptr, _, array) in face._aliases.items():
-        assert tensors[names[index]].data_ptr() == ptr == array.unsafe_buffer_pointer()
+    binding = face._zoo.binding(face, "")
+    tensors = binding.tensors()
+    for index, (tensor, array) in binding.aliases.items():
+        assert tensors[index] is tensor
+        assert tensor.data_ptr() == array.unsafe_buffer_pointer()
     # Every parameter and float buffer is aliased (counters stay in torch).
-    assert len(face._aliases) == len(tensors) - 20
+    assert len(binding.aliases) == len(tensors) - 20
 
 
 def test_eval_and_train_logits_buffers_and_grads(reference, images):
@@ -148,8 +151,12 @@ def test_vjp_residuals_hold_no_arrays_of_zeros(reference, images):
     ReLU and per pool tap there (526 of 1585 MB at 224x224 batch 32; 689 MB in all now, with
     BatchNorm's, tested in test_layers)."""
     _, face = fresh_pair(reference)
-    args, _ = face.train()._arguments(images(2, 3, 64, 64))
-    _, _, vjp = face._program.forward_vjp(True, False, *args)
+    face.train()
+    binding = face._zoo.binding(face, "")
+    modes = binding.modes()
+    args, _, params = binding.arguments(images(2, 3, 64, 64), modes)
+    mask = tuple(True for _ in params)
+    _, _, vjp = binding.program.forward_vjp(modes, None, mask, False, *args)
     large = [a for a in jax.tree.leaves(vjp) if getattr(a, "size", 0) > 1000]
     floats = [a for a in large if jnp.issubdtype(a.dtype, jnp.floating)]
     assert floats and not any(bool(jnp.all(a == 0)) for a in floats)

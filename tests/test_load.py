@@ -173,7 +173,7 @@ step(model, opt.init(zoo.trainable(model)), x, y, jax.random.key(0))
 assert "torch" not in sys.modules, "the JAX path imported torch"
 names = ["TorchModel", "WeightsError", "push_to_hub", "save_pretrained", "hub"]
 assert set(names) <= set(dir(zoo)) and "load_state_dict" in dir(weights_convert)
-assert zoo.load("cnn", framework="torch").__class__ is zoo.TorchModel
+assert isinstance(zoo.load("cnn", framework="torch"), zoo.TorchModel)
 assert all(getattr(zoo, n) is not None for n in names)
 assert zoo.models.SmallCNNTorch and weights_convert.load_state_dict and "torch" in sys.modules
 print("ok")

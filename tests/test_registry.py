@@ -9,6 +9,7 @@ whose `test_cfg["slow"]` is set (the deep variants) are compared in float64 at t
 
 import functools
 import json
+import warnings
 
 import equinox as eqx
 import jax
@@ -200,10 +201,32 @@ def test_both_faces_compute_the_equinox_model(name):
     # both may reorder a convolution's sums, which deep nets amplify as torch's fp32 does.
     tol = fp32_tolerance(reference, x)
     assert max_abs_diff(jax_face(x.numpy()), plain) <= tol
+    # The torch face is the twin's own module tree, in train mode as torch builds models.
+    assert isinstance(torch_face, type(reference)) and torch_face.training
+    assert (
+        repr(torch_face) == repr(reference)
+        and type(torch_face).__name__ == type(reference).__name__
+    )
     with torch.no_grad():
-        assert max_abs_diff(torch_face(x), plain) <= tol
+        assert max_abs_diff(torch_face.eval()(x), plain) <= tol
     # In order, not as sets: torch pairs parameters and gradients by registration order.
     assert list(torch_face.state_dict()) == list(reference.state_dict())
+    # With a hook on each top-level module, torchvision's forward runs and each of them
+    # computes in JAX (no fallback warning): the hooks see torchvision's tensors.
+    seen: dict[str, list] = {"ours": [], "theirs": []}
+    for side, model_ in (("ours", torch_face), ("theirs", reference.eval())):
+        for child_name, child in model_.named_children():
+            child.register_forward_hook(
+                lambda m, a, out, side=side, n=child_name: seen[side].append((n, out))
+            )
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", zoo.ZooTorchFallbackWarning)
+        hooked = torch_face(x)
+        assert max_abs_diff(hooked, reference(x)) <= tol
+    assert [n for n, _ in seen["ours"]] == [n for n, _ in seen["theirs"]]
+    for (n, ours), (_, theirs) in zip(seen["ours"], seen["theirs"], strict=True):
+        if isinstance(theirs, torch.Tensor):  # maps are larger than logits: tol relative
+            assert max_abs_diff(ours, theirs) <= tol * max(1.0, float(theirs.abs().max())), n
     for face in (jax_face, torch_face):
         assert (face.num_classes, face.in_chans) == (model.num_classes, model.in_chans)
         assert face.num_features == model.num_features

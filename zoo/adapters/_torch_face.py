@@ -134,6 +134,13 @@ class _Program:
                 else:
                     self.mode_layers.append(layer)
                     self._mode_slots.append([i])
+        # Which of those draw random numbers in train mode (dropout, stochastic depth; not
+        # BatchNorm): only then does a call take a seed from torch's generator.
+        kinds = {}
+        for path, node in jax.tree_util.tree_flatten_with_path(template, is_leaf=_has_mode)[0]:
+            if _has_mode(node):
+                kinds[_path_to_name(path)] = not isinstance(node, BatchNorm2d)
+        self.random_layers = [kinds.get(layer, True) for layer in self.mode_layers]
         self._statics: dict[tuple[bool, ...], Any] = {}
         # A features-only model returns a list of maps (see `ZooModel.features_only`).
         self.many_outputs = getattr(template, "out_indices", None) is not None
@@ -402,9 +409,11 @@ class _Binding:
         counters = [tensors[i] for i in prog.counter_idx]
         if any(modes):
             counter_values = jnp.asarray([int(c) for c in counters], jnp.int32)
-            seed = jnp.asarray(int(torch.randint(0, 2**31 - 1, ())), jnp.uint32)
         else:
             counter_values = jnp.zeros((len(counters),), jnp.int32)
+        if any(m and r for m, r in zip(modes, prog.random_layers, strict=True)):
+            seed = jnp.asarray(int(torch.randint(0, 2**31 - 1, ())), jnp.uint32)
+        else:  # nothing random runs: torch's generator is left as torchvision leaves it
             seed = jnp.zeros((), jnp.uint32)
         param_tensors = [tensors[i] for i in prog.param_idx]
         targets = [tensors[i] for i in prog.buffer_idx], counters
@@ -760,7 +769,7 @@ class TorchModel(nn.Module):
             return "torch.func transforms the module's own torch code"
         if _global_hooks():
             return "global module hooks are registered (they see every submodule)"
-        if x.dtype == torch.float64 and not jax.config.jax_enable_x64:
+        if x.dtype == torch.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
             return (
                 "float64 needs JAX's 64-bit mode: call jax.config.update('jax_enable_x64', "
                 "True) before computing, to run it in JAX"
