@@ -63,7 +63,7 @@ def main() -> None:
 
     # Parity: eval logits of the JAX face, the torch face and torchvision.
     face = zoo.JaxModel(model, name="resnet18")
-    module = zoo.load("resnet18", framework="torch", weights=state_dict)
+    module = zoo.load("resnet18", framework="torch", weights=state_dict).eval()
     x = torch.randn(batch, 3, size, size)
     with torch.no_grad():
         expected = reference(x).numpy()

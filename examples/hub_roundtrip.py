@@ -54,7 +54,7 @@ def main() -> None:
 
         source = f"local-dir:{folder}"
         jax_face = zoo.load(source)  # the architecture and options come from config.json
-        torch_face = zoo.load(source, framework="torch")
+        torch_face = zoo.load(source, framework="torch").eval()  # built in train mode
         # The weights file is plain: torch's own model (torchvision's ResNet, or the CNN's
         # torch twin) loads it with load_state_dict, no zoo involved.
         plain = zoo.get_model_info(name).torch_builder(num_classes=len(labels)).eval()

@@ -50,6 +50,7 @@ def main() -> None:
 
     # 3. The torch face: an nn.Module with the trained weights (torchvision's keys).
     module = zoo.load(name, framework="torch", weights=zoo.to_torchvision(face).state_dict())
+    module.eval()  # torch builds models in train mode; compare in eval mode
     xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
     with torch.no_grad():
         diff = float((module(xt) - torch.tensor(np.asarray(face(x)))).abs().max())

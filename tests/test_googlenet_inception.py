@@ -149,6 +149,8 @@ def test_to_torchvision_keeps_the_options_a_state_dict_does_not_record(framework
     face = zoo.load("googlenet", framework=framework, aux_logits=False, transform_input=True)
     native = zoo.to_torchvision(face)
     assert native.aux1 is None and native.transform_input
+    if framework == "torch":
+        face.eval()  # built in train mode, as torch builds models
     x = images(79)
     with torch.no_grad():
         ours = face(x) if framework == "torch" else face(x.numpy())

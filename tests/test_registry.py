@@ -225,8 +225,10 @@ def test_both_faces_compute_the_equinox_model(name):
         assert max_abs_diff(hooked, reference(x)) <= tol
     assert [n for n, _ in seen["ours"]] == [n for n, _ in seen["theirs"]]
     for (n, ours), (_, theirs) in zip(seen["ours"], seen["theirs"], strict=True):
-        if isinstance(theirs, torch.Tensor):  # maps are larger than logits: tol relative
-            assert max_abs_diff(ours, theirs) <= tol * max(1.0, float(theirs.abs().max())), n
+        # Each module's own output, relative to its size, 1e-4: the logits above carry the
+        # fp32 bar; a module computing another function would be off by O(1).
+        if isinstance(theirs, torch.Tensor):
+            assert max_abs_diff(ours, theirs) <= 1e-4 * max(1.0, float(theirs.abs().max())), n
     for face in (jax_face, torch_face):
         assert (face.num_classes, face.in_chans) == (model.num_classes, model.in_chans)
         assert face.num_features == model.num_features

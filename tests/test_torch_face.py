@@ -480,3 +480,17 @@ def test_faces_of_one_configuration_share_their_programs(reference):
     assert a._zoo.binding(a, "").program is b._zoo.binding(b, "").program
     assert any(key[0][0] == "resnet18" for key in _PROGRAMS)
     assert zoo.enable_compilation_cache() == jax.config.jax_compilation_cache_dir
+
+
+def test_hub_export_after_surgery(reference, tmp_path):
+    _, face = pair(reference)
+    face.fc = nn.Linear(512, 3)  # adopted: an Equinox ResNet18 with 3 classes holds it
+    folder = zoo.save_pretrained(face, tmp_path / "three")
+    plain = torchvision.models.resnet18(num_classes=3)
+    back = zoo.load(f"local-dir:{folder}", framework="torch")
+    plain.load_state_dict(back.state_dict(), strict=True)
+    assert same_eval(back, face, x_of(23)) <= TOL
+    face.fc = nn.Sequential(nn.Linear(512, 3))  # no Equinox ResNet holds this: refused
+    with pytest.raises(ValueError, match=r"zoo\.to_torchvision"):
+        zoo.save_pretrained(face, tmp_path / "sequential")
+    assert not (tmp_path / "sequential").exists()

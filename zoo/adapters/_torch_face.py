@@ -283,7 +283,10 @@ class _Recipe:
 
         return eqx.filter_eval_shape(build)
 
-    def torch_twin(self) -> nn.Module:
+    def torch_twin(self, names: Any = None) -> nn.Module:
+        """The registered torch twin for this recipe; with `num_classes=0`, every module the
+        Equinox model (whose array names are `names`) has no arrays for is an `nn.Identity`,
+        as timm removes classifiers (GoogLeNet's auxiliary heads' too)."""
         info = get_model_info(self.name)
         if info.torch_builder is None:
             raise ValueError(
@@ -295,6 +298,10 @@ class _Recipe:
         )
         if self.num_classes == 0:  # timm's num_classes=0: the pooled features
             twin.set_submodule(info.classifier, nn.Identity())
+            if names is not None:
+                for key in list(twin.state_dict()):
+                    if key not in names:
+                        twin.set_submodule(key.rpartition(".")[0], nn.Identity())
         return twin
 
 
@@ -524,6 +531,7 @@ class _FaceState:
         self.recipe, self.records = recipe, records
         self.first_conv, self.classifier = first_conv, classifier
         self.warned: set[str] = set()
+        self.refused: tuple = ()  # the last changed tree `_settle` could not adopt
         self._reset()
 
     def _reset(self) -> None:
@@ -634,8 +642,9 @@ class TorchModel(nn.Module):
         """The Equinox model holding this face's current parameters and buffers (copies), in
         the face's mode. Raises if the module tree was changed in a way an Equinox model
         of this architecture cannot hold (then `zoo.to_torchvision(face)` is the model)."""
-        self._settle()
         changed = self._changes()[0]
+        if changed and self._settle(changed):
+            changed = self._changes()[0]
         if changed:
             raise ValueError(
                 f"{self.name}'s torch face was changed at {', '.join(sorted(changed)[:3])}; "
@@ -684,47 +693,48 @@ class TorchModel(nn.Module):
             changed.update(n for n in records if n not in dict(self.named_modules()))
         return changed, hooked
 
-    def _settle(self) -> None:
+    def _settle(self, changed: set[str]) -> bool:
         """Adopt a replaced classifier or stem of the same kind (`m.fc = nn.Linear(512, 5)`,
-        a 1-channel `conv1`): the JAX program is rebuilt for the new shapes."""
+        a 1-channel `conv1`): the JAX program is rebuilt for the new shapes. True if
+        adopted; a refused tree is remembered, so it is examined once, not every call."""
         st = self._zoo
-        changed, _ = self._changes()
-        if not changed:
-            return
-        roots = {n for n in changed if n.rpartition(".")[0] not in changed or not n}
-        if not roots or not roots <= {st.classifier, st.first_conv}:
-            return
-        for path in roots:
-            new, old = self.get_submodule(path), st.records[path]
-            if type(new) is not old.kind or not isinstance(new, (nn.Linear, nn.Conv2d)):
-                return
-        num_classes = in_chans = None
-        if st.classifier in roots:
-            head = self.get_submodule(st.classifier)
-            num_classes = head.out_features if isinstance(head, nn.Linear) else head.out_channels
-        if st.first_conv in roots:
-            in_chans = self.get_submodule(st.first_conv).in_channels
+        roots = sorted(n for n in changed if not n or n.rpartition(".")[0] not in changed)
+        if not roots or not set(roots) <= {st.classifier, st.first_conv}:
+            return False
+        modules = [self.get_submodule(path) for path in roots]
+        seen = tuple((p, id(m), _config(m)) for p, m in zip(roots, modules, strict=True))
+        if seen == st.refused:
+            return False
+        st.refused = seen
+        for path, new in zip(roots, modules, strict=True):
+            if type(new) is not st.records[path].kind or not isinstance(new, nn.Linear | nn.Conv2d):
+                return False
+        head = self.get_submodule(st.classifier) if st.classifier in roots else None
+        stem = self.get_submodule(st.first_conv) if st.first_conv in roots else None
         recipe = st.recipe.replace(
-            st.recipe.num_classes if num_classes is None else num_classes,
-            st.recipe.in_chans if in_chans is None else in_chans,
+            st.recipe.num_classes
+            if head is None
+            else (head.out_features if isinstance(head, nn.Linear) else head.out_channels),
+            st.recipe.in_chans if stem is None else stem.in_channels,
         )
         try:
             template = recipe.template()
-        except Exception:
-            return
+        except (ValueError, TypeError):  # options the architecture refuses
+            return False
         shapes = {n: tuple(a.shape) for n, a in named_arrays(template).items()}
-        ours = {n: tuple(t.shape) for n, t in self.state_dict().items() if n in shapes}
-        if shapes != ours or len(shapes) != len(self.state_dict()):
-            return
+        ours = {n: tuple(t.shape) for n, t in self.state_dict().items()}
+        if shapes != ours:
+            return False
         # Same configuration otherwise: the new modules' attributes must be those a fresh
-        # build of the new shapes has.
-        fresh = recipe.torch_twin()
-        for path in roots:
-            if _config(fresh.get_submodule(path))[3] != _config(self.get_submodule(path))[3]:
-                return
+        # build of the new shapes has (stride, padding, bias...).
+        fresh = recipe.torch_twin(shapes)
+        for path, new in zip(roots, modules, strict=True):
+            if _config(fresh.get_submodule(path)) != _config(new):
+                return False
         st.recipe, st.records = recipe, _record(self)
         st._reset()
         st.template_cache = template
+        return True
 
     # -- compute ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Any:
@@ -750,8 +760,9 @@ class TorchModel(nn.Module):
         if reason:
             self._warn_once(reason, f"{self.name}: the whole forward runs in torch: {reason}.")
             return self._torch_forward(x)
-        self._settle()
         changed, hooked = self._changes()
+        if changed and self._settle(changed):
+            changed, hooked = self._changes()
         if not changed and not hooked:
             check_image_batch(x, self.in_chans, f"{type(self).__name__}({self.name})")
             if x.ndim == 4 and x.shape[0] == 0:
@@ -877,8 +888,8 @@ def _build(model: Any, name: str) -> TorchModel:
     _keep_dynamo_out()
     info = get_model_info(name)
     recipe = _Recipe.of(model, name)
-    twin = recipe.torch_twin()
     state_dict = to_state_dict(model)
+    twin = recipe.torch_twin(state_dict)
     twin.load_state_dict(state_dict, strict=True)
     twin.__class__ = _face_class(type(twin))
     state = _FaceState(recipe, _record(twin), info.first_conv, info.classifier)
