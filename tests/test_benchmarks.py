@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # --timeout: a worker's limit, raised from --quick's 120 s, which a worker can need on 2
     # cores shared with other work (a plumbing check must not fail on load).
-    command = ["benchmarks.run", "--quick", "--dtypes=fp32,bf16", "--timeout=400"]
+    # fp32 only: the bf16 paths of both faces are tested in test_faces and test_torch_face.
+    command = ["benchmarks.run", "--quick", "--dtypes=fp32", "--timeout=400"]
     subprocess.run(
         [sys.executable, "-m", *command, f"--out={tmp_path}"],
         cwd=ROOT,
@@ -32,18 +33,18 @@ def test_quick_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     results = json.loads((tmp_path / "results.json").read_text())
     meta = results["meta"]
     assert meta["quick"] and meta["threads"] > 0
-    assert meta["device"] == "cpu" and meta["dtypes"] == ["fp32", "bf16"]
+    assert meta["device"] == "cpu" and meta["dtypes"] == ["fp32"]
 
     rows = {(r["model"], r["framework"], r["mode"], r["dtype"]): r for r in results["throughput"]}
     expected = [("resnet18", "eval"), ("cnn", "eval"), ("cnn", "train")]
-    for (model, mode), dtype in itertools.product(expected, ("fp32", "bf16")):
+    for (model, mode), dtype in itertools.product(expected, ("fp32",)):
         for framework in ("jax", "torch_face", "eager", "channels_last"):
             row = rows[model, framework, mode, dtype]
             assert row["status"] == "ok", row
             assert row["images_per_s"] > 0 and row["first_call_s"] > 0 and row["runs"] >= 3
             assert row["ratio_vs_eager"] > 0
         assert rows[model, "compile", mode, dtype]["status"] == "skipped"
-    assert len(results["throughput"]) == len(rows) == 2 * 3 * 5
+    assert len(results["throughput"]) == len(rows) == 3 * 5
 
     cache = results["compile_cache"]
     assert len(cache) == 2 and all(r["to_first_logits_s"] > 0 for r in cache)
