@@ -47,6 +47,31 @@ def pytest_configure(config: pytest.Config) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+# The registry tests that each take tens of seconds (float64 train steps, both faces with
+# hooks, feature maps, Hub round trips).
+_HEAVY = frozenset(
+    {
+        "test_train_mode_parity_float64",
+        "test_both_faces_compute_the_equinox_model",
+        "test_feature_info_describes_the_maps",
+        "test_hub_round_trip",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long tests first (`slow`, then the heavy registry tests), the rest in file order:
+    xdist hands tests out from the front, so the short ones fill in around the long ones and
+    the workers finish together instead of one running a long test alone at the end."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if getattr(item, "originalname", "") in _HEAVY else 2
+
+    items.sort(key=rank)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     owned = config.stash.get(_CACHE_OWNER, None)
     if owned:
@@ -72,6 +97,8 @@ def run_python(
     **Returns:** the `CompletedProcess` (text `stdout`/`stderr`).
     """
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    if "ZOO_TEST_JAX_CACHE" in os.environ:  # zoo.load's compilation cache: this run's, not ~
+        full_env.setdefault("ZOO_COMPILATION_CACHE", os.environ["ZOO_TEST_JAX_CACHE"])
     full_env |= dict(env or {})
     result = subprocess.run(
         [sys.executable, *args],

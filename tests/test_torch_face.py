@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import max_abs_diff, randomize_batchnorm
+from conftest import max_abs_diff, randomize_batchnorm, run_python
 from torch import nn
 
 import zoo
@@ -54,7 +54,7 @@ def assert_grads_close(ours, theirs, what=""):
 def rel(a, b) -> float:
     """max |a - b| over max(1, max |b|): feature maps and pooled features are larger than
     logits, and fp32 differences scale with them."""
-    return max_abs_diff(a, b) / max(1.0, float(torch.as_tensor(b).abs().max()))
+    return max_abs_diff(a, b) / max(1.0, float(torch.as_tensor(b).detach().abs().max()))
 
 
 def same_eval(face, ref, x) -> float:
@@ -494,3 +494,34 @@ def test_hub_export_after_surgery(reference, tmp_path):
     with pytest.raises(ValueError, match=r"zoo\.to_torchvision"):
         zoo.save_pretrained(face, tmp_path / "sequential")
     assert not (tmp_path / "sequential").exists()
+
+
+def test_a_second_process_compiles_nothing_the_first_compiled(tmp_path):
+    """`zoo.load` turns JAX's persistent compilation cache on (here in a folder named by
+    `ZOO_COMPILATION_CACHE`): the second process finds every program the first wrote."""
+    code = (
+        "import torch, zoo\n"
+        "face = zoo.load('cnn', framework='torch')\n"
+        "face(torch.randn(4, 3, 16, 16)).sum().backward()\n"
+        "with torch.no_grad():\n"
+        "    face.eval()(torch.randn(2, 3, 16, 16))\n"
+    )
+    cache = tmp_path / "cache"
+    env = {"ZOO_COMPILATION_CACHE": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    run_python(["-c", code], cwd=tmp_path, env=env)
+    first = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert len(first) >= 3  # the forward with its VJP, the backward, the eval forward
+    run_python(["-c", code], cwd=tmp_path, env=env)
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == first
+    user_cache = tmp_path / "xdg"
+    env = {  # ZOO_COMPILATION_CACHE empty: the default place (the test runner sets one)
+        "ZOO_COMPILATION_CACHE": "",
+        "XDG_CACHE_HOME": str(user_cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    run_python(["-c", code], cwd=tmp_path, env=env)
+    assert any((user_cache / "equizoo" / "jax").iterdir())  # on by default, in the user's
+    opted_out = tmp_path / "opted-out"
+    env |= {"ZOO_COMPILATION_CACHE": "0", "XDG_CACHE_HOME": str(opted_out)}
+    run_python(["-c", code], cwd=tmp_path, env=env)
+    assert not (opted_out / "equizoo").exists()

@@ -399,7 +399,12 @@ class _Binding:
         # Reuse a JAX view only while it is a true alias of this tensor's memory: a copy (a
         # channels_last or sliced tensor) would go stale after an in-place optimizer step.
         hit = self.aliases.get(index)
-        if hit is not None and hit[0] is tensor and _same_memory(tensor, hit[1]):
+        if (
+            hit is not None
+            and hit[0] is tensor
+            and _same_memory(tensor, hit[1])
+            and hit[1].shape == tuple(tensor.shape)
+        ):
             return hit[1]
         array = _to_jax(tensor)
         if _same_memory(tensor, array):
