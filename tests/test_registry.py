@@ -307,7 +307,7 @@ def test_feature_info_describes_the_maps(name):
     assert face.feature_info == model.feature_info[-2:]
     shapes = eqx.filter_eval_shape(lambda m, x: m(x)[0], face.model, x)
     assert [m.shape for m in shapes] == [m.shape for m in maps[-2:]]
-    torch_face = zoo.load(name, framework="torch", features_only=True, out_indices=(0,))
+    torch_face = zoo.load(name, framework="torch", features_only=True, out_indices=(0,)).eval()
     with torch.no_grad():
         (first,) = torch_face(torch.zeros(2, 3, size, size))
     assert max_abs_diff(first, maps[0]) <= 1e-6
