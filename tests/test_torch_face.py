@@ -574,3 +574,27 @@ def test_a_plain_lightning_module_trains_the_face_in_train_mode():
     with torch.no_grad():
         predictions = module.net.eval()(torch.from_numpy(x_test)).argmax(-1).numpy()
     assert (predictions == y_test).mean() >= 0.95
+
+
+def test_swa_update_bn_sync_batchnorm_and_pruning(reference):
+    """Tools that find modules by type or rewrite them: `swa_utils.update_bn` (resets and
+    re-estimates every BatchNorm's statistics), `convert_sync_batchnorm`, pruning (a
+    reparametrised weight and a forward pre-hook) give torchvision's results."""
+    from torch.nn.utils import prune
+
+    ref, face = pair(reference)
+    batches = [x_of(30 + i, batch=4) for i in range(2)]
+    with pytest.warns(zoo.ZooTorchFallbackWarning):  # update_bn sets momentum=None
+        torch.optim.swa_utils.update_bn(batches, face)
+    torch.optim.swa_utils.update_bn(batches, ref)
+    for (k, a), (_, b) in zip(face.named_buffers(), ref.named_buffers(), strict=True):
+        assert rel(a, b) <= TOL, k
+    ref, face = pair(reference)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(face)
+    assert isinstance(synced.layer1[0].bn1, nn.SyncBatchNorm)
+    assert same_eval(synced, ref, x_of(32)) <= TOL
+    ref, face = pair(reference)
+    for m in (face, ref):
+        prune.l1_unstructured(m.layer2[0].conv1, "weight", amount=0.5)
+    with pytest.warns(zoo.ZooTorchFallbackWarning, match="layer2 runs in torch"):
+        assert same_eval(face, ref, x_of(33)) <= TOL
