@@ -468,6 +468,9 @@ def test_tracing_and_export_name_to_torchvision(reference):
         torch.jit.trace(face, x)
     with pytest.raises(Exception, match=r"zoo\.to_torchvision"):
         torch.export.export(face, (x,))
+    with pytest.raises(RuntimeError, match=r"zoo\.to_torchvision"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        torch.onnx.export(face, (x,), io.BytesIO(), dynamo=False)
     traced = torch.jit.trace(zoo.to_torchvision(face), x)  # what the error points to works
     with torch.no_grad():
         assert max_abs_diff(traced(x), face(x)) <= TOL
