@@ -7,6 +7,7 @@ statistics, gradients rtol 1e-4 (atol 1e-4 of the largest), on inputs whose fp64
 keeps every ReLU and max-pool far from its kink where gradients are compared.
 """
 
+import contextlib
 import copy
 import io
 import pickle
@@ -62,12 +63,12 @@ def same_eval(face, ref, x) -> float:
         return rel(face.eval()(x), ref.eval()(x))
 
 
+@contextlib.contextmanager
 def jax_only():
-    """A context in which a fallback to torch is an error."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.simplefilter("error", zoo.ZooTorchFallbackWarning)
-    return ctx
+    """A block in which a fallback to torch is an error (so it computed in JAX)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", zoo.ZooTorchFallbackWarning)
+        yield
 
 
 # -- the module tree -------------------------------------------------------------------------
@@ -116,8 +117,7 @@ def test_head_surgery_computes_what_torchvision_computes(reference, head):
     ref.fc = copy.deepcopy(face.fc)
     x = x_of(1)
     # The trunk computes in JAX: no fallback warning for a replaced head.
-    ctx = jax_only()
-    try:
+    with jax_only():
         assert same_eval(face, ref, x) <= TOL
         if head in ("linear_no_bias", "identity"):  # run as "sequential" runs
             return
@@ -126,8 +126,6 @@ def test_head_surgery_computes_what_torchvision_computes(reference, head):
         out = face(x)
         torch.manual_seed(5)
         out_ref = ref(x)
-    finally:
-        ctx.__exit__(None, None, None)
     assert rel(out, out_ref) <= TOL
     assert rel(face.layer4[1].bn2.running_var, ref.layer4[1].bn2.running_var) <= TOL
     out.square().sum().backward()
@@ -154,11 +152,8 @@ def test_stem_surgery_cifar_and_grayscale(reference):
     ref, face = pair(reference)
     face.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # grayscale: adopted, runs in JAX
     ref.conv1 = copy.deepcopy(face.conv1)
-    ctx = jax_only()
-    try:
+    with jax_only():
         assert same_eval(face, ref, x_of(3, channels=1)) <= TOL
-    finally:
-        ctx.__exit__(None, None, None)
     assert face.in_chans == 1 and face.to_equinox().in_chans == 1
 
 
@@ -186,11 +181,8 @@ def test_frozen_batchnorm_and_per_module_modes(reference):
     x = x_of(6)
     before = face.bn1.running_mean.clone()
     count = int(face.bn1.num_batches_tracked)
-    ctx = jax_only()  # per-module modes are the JAX program's static flags
-    try:
+    with jax_only():  # per-module modes are the JAX program's static flags
         out = face(x)
-    finally:
-        ctx.__exit__(None, None, None)
     assert max_abs_diff(out, ref(x)) <= TOL
     assert torch.equal(face.bn1.running_mean, before)
     assert int(face.bn1.num_batches_tracked) == count
@@ -283,11 +275,8 @@ def test_hooks_on_stages_receive_torchvisions_tensors(reference):
             lambda mod, gin, gout, r=record: r(("grad_out", gout[0]))
         )
     x = x_of(11)
-    ctx = jax_only()  # hooks on top-level modules keep every stage in JAX
-    try:
+    with jax_only():  # hooks on top-level modules keep every stage in JAX
         face(x).square().sum().backward()
-    finally:
-        ctx.__exit__(None, None, None)
     ref(x).square().sum().backward()
     assert [k for k, _ in got["face"]] == [k for k, _ in got["ref"]]
     for (k, a), (_, b) in zip(got["face"], got["ref"], strict=True):
@@ -413,11 +402,8 @@ def test_double_computes_in_float64(reference):
     with torch.no_grad():
         assert max_abs_diff(out.detach(), ref(x)) <= 1e-12
         with jax.enable_x64(True):  # JAX's 64-bit mode: computed in JAX
-            ctx = jax_only()
-            try:
+            with jax_only():
                 out = face(x)
-            finally:
-                ctx.__exit__(None, None, None)
         assert out.dtype == torch.float64 and max_abs_diff(out, ref(x)) <= 1e-10
 
 
