@@ -133,13 +133,16 @@ def _loss_and_grads(model, x, labels):
     return zoo.loss_and_grads(model, x, labels)
 
 
+def _large_if(flag: str) -> list:
+    """`DEFAULT`, the models whose `test_cfg` sets `flag` marked `large` (`-m large` only)."""
+    return [
+        pytest.param(n, marks=pytest.mark.large) if zoo.get_model_info(n).test_cfg.get(flag) else n
+        for n in DEFAULT
+    ]
+
+
 # A model whose float64 train step needs GBs (VGG) runs it with -m large only.
-TRAIN = [
-    pytest.param(n, marks=pytest.mark.large)
-    if zoo.get_model_info(n).test_cfg.get("train_parity_large")
-    else n
-    for n in DEFAULT
-]
+TRAIN = _large_if("train_parity_large")
 
 
 @pytest.mark.parametrize("name", TRAIN)
@@ -339,12 +342,7 @@ def test_feature_maps_equal_timms(name):
 
 # -- Hub round trip -----------------------------------------------------------------------------
 # A model whose export writes and reads half a gigabyte (VGG) runs it with -m large only.
-HUB = [
-    pytest.param(n, marks=pytest.mark.large)
-    if zoo.get_model_info(n).test_cfg.get("hub_large")
-    else n
-    for n in DEFAULT
-]
+HUB = _large_if("hub_large")
 
 
 @pytest.mark.parametrize("name", HUB)
