@@ -136,15 +136,16 @@ class _Program:
                     self._mode_slots.append([i])
         # Which of those draw random numbers in train mode (dropout, stochastic depth; not
         # BatchNorm): only then does a call take a seed from torch's generator.
-        kinds = {}
+        draws = {}
         for path, node in jax.tree_util.tree_flatten_with_path(template, is_leaf=_has_mode)[0]:
             if _has_mode(node):
-                kinds[_path_to_name(path)] = not isinstance(node, BatchNorm2d)
-        self.random_layers = [kinds.get(layer, True) for layer in self.mode_layers]
+                draws[_path_to_name(path)] = not isinstance(node, BatchNorm2d)
+        self.random_layers = [draws.get(layer, True) for layer in self.mode_layers]
         self._statics: dict[tuple[bool, ...], Any] = {}
         # A features-only model returns a list of maps (see `ZooModel.features_only`).
         self.many_outputs = getattr(template, "out_indices", None) is not None
-        self.forward = jit(self._run)  # the first three arguments are static (hashable)
+        # `modes` and `dtype` (and `grad_mask`, `input_grad`) are static arguments.
+        self.forward = jit(self._run)
         self.forward_vjp = jit(self._forward_vjp)
         self.backward = jit(_call_vjp)
 
