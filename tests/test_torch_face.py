@@ -587,3 +587,37 @@ def test_swa_update_bn_sync_batchnorm_and_pruning(reference):
         prune.l1_unstructured(m.layer2[0].conv1, "weight", amount=0.5)
     with pytest.warns(zoo.ZooTorchFallbackWarning, match="layer2 runs in torch"):
         assert same_eval(face, ref, x_of(33)) <= TOL
+
+
+def test_what_the_review_found_is_never_silently_wrong(reference):
+    """A forward replaced on an instance, a hooked top-level module of a features-only face,
+    and weights of mixed or unsupported dtypes: torchvision's results or its errors."""
+    import types
+
+    ref, face = pair(reference)
+    for m in (face, ref):
+        m.eval()
+        block = m.layer1[0]
+        block.forward = types.MethodType(lambda self, x: x * 0 + 1.0, block)
+    with pytest.warns(zoo.ZooTorchFallbackWarning, match="layer1 runs in torch"):
+        assert same_eval(face, ref, x_of(40)) <= TOL
+    # MobileNet V2's maps are outputs of modules inside `features` (`features.3`, ...).
+    maps_face = zoo.load("mobilenet_v2", framework="torch", features_only=True).eval()
+    with torch.no_grad():
+        expected = maps_face(x_of(41))
+    maps_face.features.register_forward_hook(lambda *args: None)
+    with torch.no_grad(), pytest.warns(zoo.ZooTorchFallbackWarning, match="feature map"):
+        hooked = maps_face(x_of(41))
+    assert len(hooked) == len(expected) == 5
+    assert all(rel(a, b) <= TOL for a, b in zip(hooked, expected, strict=True))
+    ref, face = pair(reference)
+    for m in (face, ref):
+        m.eval().fc.double()
+    with pytest.raises(RuntimeError), pytest.warns(zoo.ZooTorchFallbackWarning, match="mix"):
+        face(x_of(42))  # torchvision raises too: mat1 and mat2 must have the same dtype
+    with pytest.raises(RuntimeError):
+        ref(x_of(42))
+    ref, face = pair(reference)
+    face.eval().double()
+    with pytest.raises(RuntimeError), pytest.warns(zoo.ZooTorchFallbackWarning):
+        face(x_of(43))  # a float32 input into float64 weights: torch's error, no hang

@@ -310,12 +310,23 @@ class _Record:
     """One module as the zoo built (or adopted) it: where it sits and what its forward
     depends on besides tensor values (see `_config`), in a form checked in microseconds."""
 
-    __slots__ = ("attrs", "buffers", "children", "key", "kind", "module", "params", "parent")
+    __slots__ = (
+        "attrs",
+        "buffers",
+        "children",
+        "key",
+        "kind",
+        "methods",
+        "module",
+        "params",
+        "parent",
+    )
 
     def __init__(self, module: nn.Module, parent: nn.Module | None = None, key: str = ""):
         self.module, self.kind, self.parent, self.key = module, type(module), parent, key
         d = module.__dict__
         self.attrs = tuple((k, v) for k, v in d.items() if _plain_attribute(k, v))
+        self.methods = _instance_methods(d)
         self.children = tuple(module._modules)
         self.params, self.buffers = _shapes(module._parameters), _shapes(module._buffers)
 
@@ -332,6 +343,7 @@ class _Record:
             or any(d.get(k, _MISSING) != v for k, v in self.attrs)
             or ((m._parameters or self.params) and _shapes(m._parameters) != self.params)
             or ((m._buffers or self.buffers) and _shapes(m._buffers) != self.buffers)
+            or _instance_methods(d) != self.methods
         )
 
     def __reduce__(self):
@@ -355,6 +367,11 @@ _MISSING = object()
 
 def _plain_attribute(key: str, value: Any) -> bool:
     return not key.startswith("_") and key != "training" and isinstance(value, _VALUE_TYPES)
+
+
+def _instance_methods(d: dict) -> tuple:
+    """Functions stored on the instance (`block.forward = ...`): they replace the class's."""
+    return tuple(k for k, v in d.items() if callable(v) and not isinstance(v, nn.Module))
 
 
 def _shapes(tensors: dict) -> tuple:
@@ -482,9 +499,34 @@ class _Binding:
                 if owner.training:
                     c.add_(1)
 
+    def dtype_problem(self, x: torch.Tensor, autocast: Any) -> str:
+        """Why JAX cannot compute this call as torch would, from the dtypes: mixed float
+        dtypes (torch raises or casts per op), or float64 without JAX's 64-bit mode."""
+        dtypes = {t.dtype for t in self.tensors() if t is not None and t.is_floating_point()}
+        if autocast is None:
+            dtypes.add(x.dtype)
+        if len(dtypes) > 1:
+            found = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+            return f"the input and weights mix dtypes ({found}), which torch's own code handles"
+        if torch.float64 in dtypes and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+            return (
+                "float64 needs JAX's 64-bit mode: call jax.config.update('jax_enable_x64', "
+                "True) before computing, to run it in JAX"
+            )
+        return ""
+
     def __call__(self, face: "TorchModel", x: torch.Tensor) -> Any:
-        modes = self.modes()
         dtype = _autocast_dtype(x)
+        problem = self.dtype_problem(x, dtype)
+        if problem:  # torch's own forward: torchvision's result, or torchvision's error
+            face._warn_once(
+                problem, f"{face.name}: {self.prefix or 'the model'} runs in torch: {problem}."
+            )
+            if not self.prefix:
+                return face._torch_forward(x)
+            module = face._modules[self.prefix]
+            return type(module).forward(module, x)
+        modes = self.modes()
         args, targets, params = self.arguments(x, modes)
         mask = tuple(p.requires_grad for p in params)
         if torch.is_grad_enabled() and (x.requires_grad or any(mask)):
@@ -712,7 +754,9 @@ class TorchModel(nn.Module):
 
     def to_torchvision(self) -> nn.Module:
         """A deep copy as the plain twin class (torchvision's `ResNet`), with every module
-        the user put in it; it computes in torch."""
+        the user put in it; it computes in torch, torchvision's forward (from a
+        `features_only` face: its `feature_info` modules' outputs are the maps, e.g. through
+        `torchvision.models.feature_extraction.create_feature_extractor`)."""
         twin = copy.deepcopy(self)
         twin.__dict__.pop("_zoo")
         twin.__class__ = type(self).__mro__[2]
@@ -821,16 +865,16 @@ class TorchModel(nn.Module):
             return "torch.func transforms the module's own torch code"
         if _global_hooks():
             return "global module hooks are registered (they see every submodule)"
-        if x.dtype == torch.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
-            return (
-                "float64 needs JAX's 64-bit mode: call jax.config.update('jax_enable_x64', "
-                "True) before computing, to run it in JAX"
-            )
         return ""
 
     def _segments(self, changed: set[str], hooked: set[str]) -> list[str]:
         """The top-level children that compute in JAX within torchvision's forward."""
         dirty: dict[str, str] = {}
+        if self._zoo.recipe.out_indices is not None:  # maps are collected by hooks inside
+            for info in self.feature_info:
+                top = info.module.partition(".")[0]
+                if "." in info.module:
+                    dirty.setdefault(top, f"the feature map {info.module} is taken inside it")
         for name in sorted(changed | hooked):
             top, _, rest = name.partition(".")
             if rest and top not in changed:
