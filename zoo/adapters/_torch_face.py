@@ -379,16 +379,12 @@ def _shapes(tensors: dict) -> tuple:
 
 
 def _config(module: nn.Module) -> tuple:
-    """What a forward depends on besides the tensors' values: the children, the parameters'
-    and buffers' names and shapes, and the plain attributes (a convolution's stride, a
-    BatchNorm's momentum and eps, a dropout's p), but not the mode."""
-    d = module.__dict__
-    return (
-        tuple(module._modules),
-        tuple((k, None if v is None else tuple(v.shape)) for k, v in module._parameters.items()),
-        tuple((k, None if v is None else tuple(v.shape)) for k, v in module._buffers.items()),
-        tuple((k, v) for k, v in d.items() if _plain_attribute(k, v)),
-    )
+    """What a forward depends on besides the tensors' values (as `_Record` keeps it): the
+    class, the children, the parameters' and buffers' names and shapes, the plain attributes
+    (a convolution's stride, a BatchNorm's momentum and eps, a dropout's p) and functions
+    stored on the instance; not the mode."""
+    r = _Record(module)
+    return r.kind, r.children, r.params, r.buffers, r.attrs, r.methods
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -464,8 +460,8 @@ class _Binding:
             self.aliases.pop(index, None)
         return array
 
-    def arguments(self, x: torch.Tensor, modes: tuple[bool, ...]):
-        tensors = self.tensors()
+    def arguments(self, x: torch.Tensor, modes: tuple[bool, ...], tensors: Any = None):
+        tensors = self.tensors() if tensors is None else tensors
         prog = self.program
         params = [self.alias(i, tensors[i]) for i in prog.param_idx]
         buffers = [self.alias(i, tensors[i]) for i in prog.buffer_idx]
@@ -499,10 +495,10 @@ class _Binding:
                 if owner.training:
                     c.add_(1)
 
-    def dtype_problem(self, x: torch.Tensor, autocast: Any) -> str:
+    def dtype_problem(self, tensors: list, x: torch.Tensor, autocast: Any) -> str:
         """Why JAX cannot compute this call as torch would, from the dtypes: mixed float
         dtypes (torch raises or casts per op), or float64 without JAX's 64-bit mode."""
-        dtypes = {t.dtype for t in self.tensors() if t is not None and t.is_floating_point()}
+        dtypes = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
         if autocast is None:
             dtypes.add(x.dtype)
         if len(dtypes) > 1:
@@ -517,7 +513,8 @@ class _Binding:
 
     def __call__(self, face: "TorchModel", x: torch.Tensor) -> Any:
         dtype = _autocast_dtype(x)
-        problem = self.dtype_problem(x, dtype)
+        tensors = self.tensors()
+        problem = self.dtype_problem(tensors, x, dtype)
         if problem:  # torch's own forward: torchvision's result, or torchvision's error
             face._warn_once(
                 problem, f"{face.name}: {self.prefix or 'the model'} runs in torch: {problem}."
@@ -527,7 +524,7 @@ class _Binding:
             module = face._modules[self.prefix]
             return type(module).forward(module, x)
         modes = self.modes()
-        args, targets, params = self.arguments(x, modes)
+        args, targets, params = self.arguments(x, modes, tensors)
         mask = tuple(p.requires_grad for p in params)
         if torch.is_grad_enabled() and (x.requires_grad or any(mask)):
             out = _JaxCall.apply(self, (modes, dtype, mask, args, targets), x, *params)
