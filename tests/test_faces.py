@@ -69,7 +69,7 @@ def test_parameters_share_memory_with_the_jax_arrays(reference, images):
         face(images(1, 3, 32, 32))
     binding = face._zoo.binding(face, "")
     tensors = binding.tensors()
-    for index, (tensor, ptr, _, _, array) in binding.aliases.items():
+    for index, (tensor, ptr, _, _, array, _) in binding.aliases.items():
         assert tensors[index] is tensor
         assert tensor.data_ptr() == ptr == array.unsafe_buffer_pointer()
     # Every parameter and float buffer is aliased (counters stay in torch).

@@ -240,6 +240,9 @@ def test_weights_written_in_place_or_reinitialised_are_seen(reference):
         m.layer1[0].conv2.weight.data = m.layer1[0].conv2.weight.data * 0.5  # `.data` swap
         m.fc.weight = nn.Parameter(m.fc.weight.detach() + 1.0)  # a new Parameter
     assert same_eval(face, ref, x) <= TOL
+    for m in (face, ref):  # the same memory in another layout
+        m.layer4[1].conv2.weight.data = m.layer4[1].conv2.weight.data.transpose(0, 1)
+    assert same_eval(face, ref, x) <= TOL
 
 
 def test_channels_last_weights_never_go_stale(reference):

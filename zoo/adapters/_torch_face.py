@@ -428,7 +428,7 @@ class _Binding:
 
         self.mode_owners = [owner_of(layer) for layer in program.mode_layers]
         self.counter_owners = [self.slots[i][0] for i in program.counter_idx]
-        # index -> (tensor, its data pointer, shape, dtype, the JAX alias)
+        # index -> (tensor, its data pointer, shape, dtype, the JAX alias, strides)
         self.aliases: dict[int, tuple[Any, ...]] = {}
         self.zeros: tuple[jax.Array, jax.Array] | None = None
 
@@ -451,11 +451,19 @@ class _Binding:
             and tensor.data_ptr() == hit[1]
             and tensor.shape == hit[2]
             and tensor.dtype == hit[3]
+            and tensor.stride() == hit[5]  # `p.data = p.data.t()`: same memory, other layout
         ):
             return hit[4]
         array = _to_jax(tensor)
         if _same_memory(tensor, array):
-            self.aliases[index] = (tensor, tensor.data_ptr(), tensor.shape, tensor.dtype, array)
+            self.aliases[index] = (
+                tensor,
+                tensor.data_ptr(),
+                tensor.shape,
+                tensor.dtype,
+                array,
+                tensor.stride(),
+            )
         else:
             self.aliases.pop(index, None)
         return array
