@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .adapters import (
         TorchModel as TorchModel,
         ZooTorchFallbackWarning as ZooTorchFallbackWarning,
+        fused_cross_entropy as fused_cross_entropy,
     )
     from .hub import push_to_hub as push_to_hub, save_pretrained as save_pretrained
 
@@ -48,6 +49,7 @@ __getattr__, __dir__ = lazy_attributes(
         "WeightsError": "._sources",
         "TorchModel": ".adapters",
         "ZooTorchFallbackWarning": ".adapters",
+        "fused_cross_entropy": ".adapters",
         "hub": ".hub",
         "push_to_hub": ".hub",
         "save_pretrained": ".hub",

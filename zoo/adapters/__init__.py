@@ -6,6 +6,7 @@ from .._lazy import lazy_attributes
 from ._jax_face import JaxModel as JaxModel
 
 if TYPE_CHECKING:
+    from ._fused import fused_cross_entropy as fused_cross_entropy
     from ._torch_face import (
         TorchModel as TorchModel,
         ZooTorchFallbackWarning as ZooTorchFallbackWarning,
@@ -13,5 +14,11 @@ if TYPE_CHECKING:
 
 # The torch face imports torch: loaded on first use.
 __getattr__, __dir__ = lazy_attributes(
-    __name__, globals(), {"TorchModel": "._torch_face", "ZooTorchFallbackWarning": "._torch_face"}
+    __name__,
+    globals(),
+    {
+        "TorchModel": "._torch_face",
+        "ZooTorchFallbackWarning": "._torch_face",
+        "fused_cross_entropy": "._fused",
+    },
 )

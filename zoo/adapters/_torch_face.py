@@ -148,6 +148,7 @@ class _Program:
         self.forward = jit(self._run)
         self.forward_vjp = jit(self._forward_vjp)
         self.backward = jit(_call_vjp)
+        self.loss_and_grads = jit(self._loss_and_grads)
 
     def static(self, modes: tuple[bool, ...]) -> Any:
         """The static part with each layer's `inference` flag set from `modes`."""
@@ -209,6 +210,31 @@ class _Program:
         else:
             out, vjp, new_buffers = jax.vjp(lambda c: run(c, x), wanted, has_aux=True)
         return out, new_buffers, vjp
+
+    def _loss_and_grads(self, modes, dtype, grad_mask, params, buffers, counters, x, labels, seed):
+        # Forward, torch's mean cross-entropy and the gradients of the parameters that
+        # require grad, in one XLA computation (`zoo.fused_cross_entropy`).
+        wanted = [p for p, g in zip(params, grad_mask, strict=True) if g]
+
+        def loss_fn(chosen):
+            it = iter(chosen)
+            full = [next(it) if g else p for p, g in zip(params, grad_mask, strict=True)]
+            logits, new_buffers = self._run(modes, dtype, full, buffers, counters, x, seed)
+            return _torch_cross_entropy(logits), (logits, new_buffers)
+
+        def _torch_cross_entropy(logits):
+            # F.cross_entropy: the mean over targets other than ignore_index (-100), in at
+            # least float32 (as autocast computes it); the loss in the logits' dtype.
+            wide = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+            valid = labels != -100
+            picked = jnp.take_along_axis(
+                jax.nn.log_softmax(wide, axis=-1), jnp.where(valid, labels, 0)[:, None], axis=-1
+            )[:, 0]
+            loss = -jnp.sum(jnp.where(valid, picked, 0)) / jnp.sum(valid)
+            return loss if dtype is not None else loss.astype(logits.dtype)
+
+        (loss, (logits, new_buffers)), grads = jax.value_and_grad(loss_fn, has_aux=True)(wanted)
+        return loss, logits, new_buffers, grads
 
 
 def _runnable(node: Any) -> bool:
@@ -864,6 +890,23 @@ class TorchModel(nn.Module):
             )
             return self._torch_forward(x)
         return self._torch_forward(x, self._segments(changed, hooked))
+
+    def _whole_program(self, x: torch.Tensor) -> "tuple[_Binding | None, str]":
+        """`(binding, "")` when `forward(x)` would compute as the one JAX program of the
+        whole model (nothing replaced, reconfigured or hooked below the root, after adopting a
+        replaced head or stem), else `(None, why not)`."""
+        reason = self._torch_only_reason(x)
+        if reason:
+            return None, reason
+        changed, hooked = self._changes()
+        if changed and self._settle(changed):
+            changed, hooked = self._changes()
+        if changed or hooked:
+            what = sorted(changed | hooked)
+            shown = ", ".join(n or "the model itself" for n in what[:3])
+            more = f" and {len(what) - 3} more" if len(what) > 3 else ""
+            return None, f"modules were replaced, reconfigured or hooked ({shown}{more})"
+        return self._zoo.binding(self, ""), ""
 
     def _torch_only_reason(self, x: torch.Tensor) -> str:
         if torch._C._are_functorch_transforms_active():

@@ -1,9 +1,10 @@
-"""Lightning integration: `ImageClassifier` fine-tunes any zoo model, with torch (automatic
-optimisation) or one jitted JAX step per batch (manual optimisation, data-parallel over
-`jax.devices()`).
+"""Lightning integration: `ImageClassifier` fine-tunes any zoo model through its torch face,
+with Lightning's automatic optimisation; in JAX mode each step's forward, loss and gradients
+are one jitted XLA computation (`zoo.fused_cross_entropy`).
 
 Needs the `lightning` extra (`pip install equizoo[lightning]`); `import zoo` does not import
-this package.
+this package. `DataParallel` and `make_data_parallel_step` are for pure-JAX training loops
+(a batch sharded over `jax.devices()`).
 """
 
 from ._data import (

@@ -1,35 +1,25 @@
-"""`ImageClassifier`: a LightningModule that fine-tunes any zoo model, with torch or JAX
-doing the optimisation."""
+"""`ImageClassifier`: a LightningModule that fine-tunes any zoo model through its torch face,
+with Lightning's automatic optimisation in both modes."""
 
 import math
 import os
 from typing import Any, Literal
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import lightning as L
 import numpy as np
-import optax
 import torch
 import torch.nn.functional as F
 
-import weights_convert as wc
-
-from .._compile import jit
-from .._functional import cross_entropy, trainable
 from .._load import load
-from .._modes import eval_mode, train_mode
-from ..adapters import JaxModel, TorchModel
-from ._head import head_train_mode, split_head
-from ._parallel import eval_logits, make_data_parallel_step
+from ..adapters import JaxModel, TorchModel, fused_cross_entropy
 
 Mode = Literal["torch", "jax"]
 
 
 def lr_factor(step: Any, total_steps: int, warmup_steps: int, scheduler: str | None, xp=math):
-    """The learning-rate multiplier at optimizer step `step` (shared by the torch
-    `LambdaLR` and the optax schedule so both modes follow the same curve).
+    """The learning-rate multiplier at optimizer step `step` (the `LambdaLR` both modes use;
+    `xp=jax.numpy` gives the same curve as an optax schedule).
     `scheduler`: `"cosine"` (linear warm-up, then cosine decay to 0 at `total_steps`),
     `"linear"` (warm-up, then linear decay to 0) or `None`/`"constant"` (warm-up only)."""
     warm = xp.minimum(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
@@ -46,7 +36,7 @@ def lr_factor(step: Any, total_steps: int, warmup_steps: int, scheduler: str | N
     return warm * decay
 
 
-class _NumpyMath:
+class _PythonMath:
     """`lr_factor`'s `xp` for torch's LambdaLR (plain floats)."""
 
     minimum = staticmethod(min)
@@ -66,10 +56,16 @@ def _as_equinox(model: Any) -> Any:
     )
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+def _head_names(model: Any) -> tuple[str, ...]:
+    """The top-level fields that form the model's head (`ZooModel.head_modules`: the
+    classifier and any dropout before it, e.g. `SmallCNN`'s `("dropout", "fc")`)."""
+    names = getattr(model, "head_modules", None)
+    if names is None:
+        raise ValueError(
+            f"{type(model).__name__} does not say which fields form its head: freeze_backbone "
+            "needs a zoo model (zoo.models.ZooModel, whose head_modules names them)"
+        )
+    return tuple(names)
 
 
 def _step_seed(seed: int, epoch: int, batch_idx: int) -> int:
@@ -78,37 +74,36 @@ def _step_seed(seed: int, epoch: int, batch_idx: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, batch_idx)).generate_state(1)[0] >> 1)
 
 
-@jit
-def _eval_metrics(model: Any, x: jax.Array, labels: jax.Array):
-    logits = eval_mode(model)(x)[0]
-    return cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
 class ImageClassifier(L.LightningModule):
     """Fine-tune a zoo model on any image-classification `DataLoader` of `(images, labels)`
     (NCHW float images; torch tensors or NumPy arrays, see `zoo.lightning.numpy_collate`).
 
-    **Modes:**
+    `self.model` is the model's torch face (`zoo.TorchModel`: torchvision's module tree,
+    computing in JAX), and both modes use Lightning's automatic optimisation, so the
+    Trainer's knobs apply as they do to any torch model: the optimizer and scheduler from
+    `configure_optimizers` (override it for your own), gradient clipping and accumulation
+    (`Trainer(gradient_clip_val=..., accumulate_grad_batches=...)`,
+    `GradientAccumulationScheduler`), `lr_find`, `LearningRateMonitor`, precision
+    (`"bf16-mixed"` computes the model in bfloat16 with float32 weights; `"bf16-true"` and
+    `"64-true"` convert the weights), DDP (gradients all-reduced by torch, `sync_batchnorm`),
+    and callbacks that write the weights (`StochasticWeightAveraging`, `WeightAveraging`,
+    `load_state_dict`, unfreezing): the face's tensors are the only copy of the weights.
 
-    - `mode="torch"`: automatic optimisation. `self.model` is the model's torch face (a
-      `zoo.TorchModel`; JAX computes forward and backward), the optimizer and LR scheduler are
-      torch's, and Lightning does the backward, gradient clipping
-      (`Trainer(gradient_clip_val=...)`), accumulation (`accumulate_grad_batches`), AMP-free
-      precision 32 and DDP.
-    - `mode="jax"`: manual optimisation. Each batch runs one jitted XLA step (forward,
-      gradients, BatchNorm update, optax update), data-parallel over all of `jax.devices()`
-      (batch sharded over a `Mesh`, parameters replicated). After each step the arrays are
-      copied into `self.model`'s parameters and buffers, so `state_dict()`, checkpoints,
-      loggers and callbacks see the current weights; the optax state is stored in the
-      checkpoint under `"optax_state"` (its leaves, as tensors). A do-nothing torch optimizer is
-      stepped so that `trainer.global_step` counts optimizer steps as usual. Gradient
-      clipping and accumulation are the `grad_clip_norm` / `accumulate_grad_batches`
-      arguments here (Lightning's own flags are for automatic optimisation).
+    **Modes** (the numbers are the same; what differs is how a training step computes):
+
+    - `mode="torch"`: `F.cross_entropy(self.model(x), y)`, then autograd's backward: two
+      jitted JAX calls (the forward, keeping the VJP's residuals as torch tensors, and the
+      backward).
+    - `mode="jax"`: `zoo.fused_cross_entropy(self.model, x, y)`: forward, loss and
+      gradients in one jitted XLA computation; `backward` hands the gradients to torch. Where
+      the face cannot run as one program (surgery or hooks below the root, SyncBatchNorm),
+      it computes as torch mode does, with one warning.
 
     Checkpoints hold the weights under torchvision's names with the `model.` prefix
-    (`model.conv1.weight`). Dropout keys derive from `(seed, epoch, batch_idx)`, so a run
-    resumed with `trainer.fit(ckpt_path=...)` reproduces the uninterrupted run (use a
-    sampler whose order depends on the epoch only, e.g. `EpochShuffleSampler`).
+    (`model.conv1.weight`) and the optimizer's state as Lightning stores it. Dropout draws
+    from a torch generator seeded by `(seed, epoch, batch_idx)`, so a run resumed with
+    `trainer.fit(ckpt_path=...)` reproduces the uninterrupted run (use a sampler whose order
+    depends on the epoch only, e.g. `EpochShuffleSampler`).
 
     **Arguments:**
 
@@ -117,23 +112,22 @@ class ImageClassifier(L.LightningModule):
     - `mode`: `"torch"` or `"jax"`.
     - `num_classes`, `in_chans`, `weights`: as `zoo.load` (a new `num_classes` re-initialises
       the head).
-    - `optimizer`: `"sgd"` (momentum, torch's coupled weight decay) or `"adamw"`.
+    - `optimizer`: `"sgd"` (momentum, torch's coupled weight decay) or `"adamw"`, for the
+      default `configure_optimizers`.
     - `lr`, `momentum`, `weight_decay`, `betas`.
     - `scheduler`: `"cosine"`, `"linear"` or `None`; stepped per optimizer step, over
       `total_steps` (default: `trainer.estimated_stepping_batches`), after `warmup_steps`.
-    - `freeze_backbone`: train only the classifier head (`fc`). The backbone runs in eval
-      mode (BatchNorm normalises with its running statistics and leaves them untouched);
-      the head stays in train mode, so a dropout before the classifier (`SmallCNN`'s) is
-      live. In torch mode the frozen backbone runs as a jitted eval-mode JAX function with no
-      backward pass, and the head (dropout, `fc`) in torch; in JAX mode the whole model is one
-      jitted step with the backbone's updates zeroed. With `train_bn=False` as well, the whole
-      model runs in eval mode (head dropout off too).
+    - `freeze_backbone`: train only the head (`ZooModel.head_modules`: the classifier and any
+      dropout before it). The backbone's parameters stop requiring grad and its modules run
+      in eval mode (BatchNorm normalises with its running statistics and leaves them
+      untouched); the head stays in train mode, so a dropout before the classifier
+      (`SmallCNN`'s) is live. The backbone's weight gradients are not computed at all. With
+      `train_bn=False` as well, the head runs in eval mode too.
     - `train_bn`: `False` runs the whole model in eval mode while training all parameters
       (frozen BatchNorm statistics, no dropout), a common fine-tuning setting.
-    - `grad_clip_norm`: clip gradients to this global norm (both modes).
-    - `accumulate_grad_batches`: JAX mode only (torch mode: use the Trainer flag).
-    - `seed`: for dropout keys (default: the `seed_everything` seed, else 0).
-    - `jax_devices`: devices for JAX mode's data parallelism (default all).
+    - `grad_clip_norm`: clip gradients to this global norm (overrides the Trainer's
+      `gradient_clip_val`).
+    - `seed`: for dropout (default: the `seed_everything` seed, else 0).
     - `**load_kwargs`: architecture options passed to `zoo.load`.
     """
 
@@ -155,9 +149,7 @@ class ImageClassifier(L.LightningModule):
         freeze_backbone: bool = False,
         train_bn: bool = True,
         grad_clip_norm: float | None = None,
-        accumulate_grad_batches: int = 1,
         seed: int | None = None,
-        jax_devices: Any = None,
         **load_kwargs: Any,
     ):
         super().__init__()
@@ -165,7 +157,15 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"mode must be 'torch' or 'jax', not {mode!r}")
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {optimizer!r}")
-        ignore = ["jax_devices"] + ([] if isinstance(model, str) else ["model"])
+        for moved in ("accumulate_grad_batches", "jax_devices"):
+            if moved in load_kwargs:
+                where = (
+                    "Trainer(accumulate_grad_batches=...)"
+                    if moved == "accumulate_grad_batches"
+                    else "the Trainer's devices and strategy (DDP), as for any torch model"
+                )
+                raise TypeError(f"ImageClassifier takes no {moved!r}: use {where}.")
+        ignore = [] if isinstance(model, str) else ["model"]
         if not (weights is None or isinstance(weights, str | os.PathLike)):
             ignore.append("weights")
         self.save_hyperparameters(ignore=ignore)
@@ -184,83 +184,50 @@ class ImageClassifier(L.LightningModule):
             eqx_model = _as_equinox(model)
             name = getattr(model, "name", "")
         self.classifier_name = eqx_model.classifier_path
-        self.model = TorchModel(eval_mode(eqx_model), name=name)
-        self.model.train(not (freeze_backbone or not train_bn))
-        # The Equinox template: the JAX state is rebuilt from `self.model`'s tensors by name.
-        self._template = eval_mode(eqx_model)
-        self._names = list(wc.named_arrays(self._template))
+        self.model = TorchModel(eqx_model, name=name)
         self.freeze_backbone = freeze_backbone
+        self._head = _head_names(eqx_model) if freeze_backbone else ()
         if freeze_backbone:
             for pname, p in self.model.named_parameters():
-                p.requires_grad_(self._is_head(pname))
+                p.requires_grad_(pname.partition(".")[0] in self._head)
         self._seed = seed
-        self._jax_devices = jax_devices
-        self._jax_model: Any = None
-        self._opt_state: Any = None
-        self._eval_cache: Any = None
-        self._pending_opt_leaves: list[np.ndarray] | None = None
-        self._jax_step = self._placement = None
-        self._frozen: tuple[Any, float] | None = None  # torch mode: (backbone, head dropout p)
-        if mode == "jax":
-            self.automatic_optimization = False
+        self._set_training_modes()
 
     # -- helpers -------------------------------------------------------------------------------
-    def _is_head(self, name: str) -> bool:
-        return name.startswith(self.classifier_name + ".")
-
     @property
     def seed(self) -> int:
         if self._seed is not None:
             return int(self._seed)
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    @property
-    def _eval_mode_training(self) -> bool:
-        """Whether training runs the torch face in eval mode (frozen backbone / frozen BN)."""
-        return self.freeze_backbone or not self.hparams.train_bn
+    def _set_training_modes(self) -> None:
+        """The face's modules in training's modes: all in train mode, or (frozen backbone,
+        `train_bn=False`) in eval mode, with a frozen backbone's head in train mode."""
+        h = self.hparams
+        self.model.train(not (self.freeze_backbone or not h.train_bn))
+        if self.freeze_backbone and h.train_bn:
+            for name in self._head:
+                getattr(self.model, name).train()
 
-    @property
-    def _head_only_train(self) -> bool:
-        """Whether training runs the backbone in eval mode and the head in train mode."""
-        return self.freeze_backbone and self.hparams.train_bn
-
-    def _training_mode(self, model: Any) -> Any:
-        """The Equinox model in the mode training runs it in (JAX mode)."""
-        if self._head_only_train:
-            return head_train_mode(model)
-        return eval_mode(model) if self._eval_mode_training else train_mode(model)
-
-    def _frozen_backbone_logits(self, x: Any) -> torch.Tensor:
-        """Torch mode with `freeze_backbone`: eval-mode backbone features from JAX (no
-        gradients needed: its parameters are frozen), then the head in torch, in train mode."""
-        if self._frozen is None:
-            # Rebuilt after load_state_dict; the frozen weights cannot change in between.
-            self._frozen = split_head(self.model.to_equinox())
-        backbone, p = self._frozen
-        features = torch.from_dlpack(eval_logits(backbone, jnp.asarray(_to_numpy(x))))
-        head = getattr(self.model, self.classifier_name)
-        features = F.dropout(features, p, training=p > 0)
-        return F.linear(features, head.weight, getattr(head, "bias", None))
+    def _batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as torch tensors, the images in the weights' dtype (a precision plugin
+        that converts the weights, `"bf16-true"`, converts only tensor batches)."""
+        x, y = batch
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        y = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
+        dtype = next(self.model.parameters()).dtype
+        if x.is_floating_point() and x.dtype != dtype:
+            x = x.to(dtype)
+        return x, y.long()
 
     def _total_steps(self) -> int:
         if self.hparams.total_steps is not None:
             return int(self.hparams.total_steps)
-        steps = int(self.trainer.estimated_stepping_batches)
-        if self.mode == "jax":
-            steps = math.ceil(steps / self.hparams.accumulate_grad_batches)
-        return steps
-
-    def _lr_at(self, step):
-        h = self.hparams
-        return h.lr * lr_factor(step, self._total_steps(), h.warmup_steps, h.scheduler, jnp)
+        return int(self.trainer.estimated_stepping_batches)
 
     # -- optimizers ----------------------------------------------------------------------------
     def configure_optimizers(self):
         h = self.hparams
-        if self.mode == "jax":
-            # Lightning's view of the optimisation: a no-op optimizer whose step() counts
-            # global steps and whose lr mirrors the optax schedule (for LearningRateMonitor).
-            return torch.optim.SGD(self.parameters(), lr=h.lr)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if h.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
@@ -268,7 +235,7 @@ class ImageClassifier(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=h.lr, betas=h.betas, weight_decay=h.weight_decay)
         total = self._total_steps()
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total, h.warmup_steps, h.scheduler, _NumpyMath)
+            opt, lambda s: lr_factor(s, total, h.warmup_steps, h.scheduler, _PythonMath)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -279,159 +246,32 @@ class ImageClassifier(L.LightningModule):
             gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip_norm, "norm"
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def optax_optimizer(self) -> optax.GradientTransformation:
-        """The optax twin of torch mode's optimizer and schedule (JAX mode)."""
-        h = self.hparams
-        if h.optimizer == "sgd":
-            opt = optax.chain(
-                optax.add_decayed_weights(h.weight_decay) if h.weight_decay else optax.identity(),
-                optax.sgd(self._lr_at, momentum=h.momentum or None),
-            )
-        else:
-            b1, b2 = h.betas
-            opt = optax.adamw(self._lr_at, b1=b1, b2=b2, eps=1e-8, weight_decay=h.weight_decay)
-        if h.grad_clip_norm is not None:
-            opt = optax.chain(optax.clip_by_global_norm(h.grad_clip_norm), opt)
-        if self.freeze_backbone:
-            head = self.classifier_name + "."
-
-            def labels(params):  # a function: an Equinox model is itself callable
-                return jax.tree_util.tree_map_with_path(
-                    lambda path, _: (
-                        "head" if wc._names._path_to_name(path).startswith(head) else "frozen"
-                    ),
-                    params,
-                )
-
-            opt = optax.multi_transform({"head": opt, "frozen": optax.set_to_zero()}, labels)
-        if h.accumulate_grad_batches > 1:
-            opt = optax.MultiSteps(opt, every_k_schedule=h.accumulate_grad_batches)
-        return opt
-
-    # -- JAX state <-> torch face -------------------------------------------------------------
-    def _equinox_from_face(self) -> Any:
-        model, _ = wc.load_state_dict(self._template, self.model.state_dict(), copy=True)
-        return self._training_mode(model)
-
-    def _build_jax_state(self) -> None:
-        optimizer = self.optax_optimizer()
-        self._placement, self._jax_step = make_data_parallel_step(
-            optimizer,
-            devices=self._jax_devices,
-            # Run and return the model in training's mode (mixed with a frozen backbone).
-            set_mode=self._training_mode,
-        )
-        model = self._equinox_from_face()
-        opt_state = optimizer.init(trainable(model))
-        if self._pending_opt_leaves is not None:
-            leaves, treedef = jax.tree_util.tree_flatten(opt_state)
-            if len(leaves) != len(self._pending_opt_leaves):
-                raise ValueError("the checkpoint's optax state does not fit this optimizer")
-            restored = [
-                jnp.asarray(_to_numpy(saved), dtype=jnp.asarray(leaf).dtype)
-                for leaf, saved in zip(leaves, self._pending_opt_leaves, strict=True)
-            ]
-            opt_state = jax.tree_util.tree_unflatten(treedef, restored)
-            self._pending_opt_leaves = None
-        self._jax_model = self._placement.replicate(model)
-        self._opt_state = self._placement.replicate(opt_state)
-
-    def _sync_face(self) -> None:
-        """Copy the JAX arrays into the torch face's parameters and buffers."""
-        leaves = jax.tree_util.tree_leaves(eqx.filter(self._jax_model, eqx.is_array))
-        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
-        with torch.no_grad():
-            for name, array in zip(self._names, leaves, strict=True):
-                # The arrays are replicated: read device 0's copy through DLPack (zero-copy,
-                # and no warning about read-only NumPy views), then copy once into torch.
-                source = torch.from_dlpack(array.addressable_shards[0].data)
-                if wc.statistic_float_dtype(name, array) is not None:
-                    source = source.view(tensors[name].dtype)  # a statistic's bits
-                tensors[name].copy_(source)
-
-    def load_state_dict(self, *args, **kwargs):
-        out = super().load_state_dict(*args, **kwargs)
-        self._jax_model = self._eval_cache = self._frozen = None  # rebuilt from the new tensors
-        return out
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.mode == "jax" and self._opt_state is not None:
-            # Torch tensors (not NumPy arrays) so `torch.load(weights_only=True)` reads it.
-            checkpoint["optax_state"] = [
-                torch.from_numpy(np.array(leaf))
-                for leaf in jax.tree_util.tree_leaves(self._opt_state)
-            ]
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.mode == "jax":
-            self._pending_opt_leaves = checkpoint.get("optax_state")
-            self._jax_model = self._opt_state = self._eval_cache = None
-
-    def on_fit_start(self) -> None:
-        self._frozen = None  # the face's weights may have been replaced since the last fit
-        if self.mode == "jax":
-            self._build_jax_state()
-
-    def on_fit_end(self) -> None:
-        self._eval_cache = None
-
     # -- steps ----------------------------------------------------------------------------------
     def forward(self, x: Any) -> torch.Tensor:
         """Logits as a torch tensor (the torch face, in the module's mode)."""
-        x = torch.as_tensor(_to_numpy(x)) if not isinstance(x, torch.Tensor) else x
+        x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        key = _step_seed(self.seed, self.current_epoch, batch_idx)
-        if self.mode == "torch":
-            x, y = torch.as_tensor(x), torch.as_tensor(y).long()
-            # Lightning restores each submodule's own mode; set the face's explicitly.
-            self.model.train(not self._eval_mode_training)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(key)
-                logits = self._frozen_backbone_logits(x) if self._head_only_train else self.model(x)
-            loss = F.cross_entropy(logits, y)
-            acc = (logits.detach().argmax(-1) == y).float().mean()
-            self._log("train", loss.detach(), acc, len(y), on_step=True)
-            return loss
-        x, y = _to_numpy(x).astype(np.float32, copy=False), _to_numpy(y).astype(np.int32)
-        if self._jax_model is None:
-            self._build_jax_state()
-        self._jax_model, self._opt_state, loss, logits = self._jax_step(
-            self._jax_model, self._opt_state, x, y, jax.random.key(key)
-        )
-        self._sync_face()
-        if (batch_idx + 1) % self.hparams.accumulate_grad_batches == 0:
-            opt = self.optimizers()
-            for group in opt.param_groups:
-                group["lr"] = float(self._lr_at(self.global_step))
-            opt.step()
-        acc = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(y)))
-        self._log("train", float(loss), acc, len(y), on_step=True)
-        return None
+        x, y = self._batch(batch)
+        # Lightning restores each submodule's own mode after validation; set them per step.
+        self._set_training_modes()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_step_seed(self.seed, self.current_epoch, batch_idx))
+            if self.mode == "jax":
+                loss, logits = fused_cross_entropy(self.model, x, y)
+            else:
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
+        acc = (logits.detach().argmax(-1) == y).float().mean()
+        self._log("train", loss.detach(), acc, len(y), on_step=True)
+        return loss
 
     def _eval_step(self, batch, stage: str):
-        x, y = batch
-        if self.mode == "torch":
-            x, y = torch.as_tensor(x), torch.as_tensor(y).long()
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-            acc = (logits.argmax(-1) == y).float().mean()
-        else:
-            model = self._jax_model
-            if model is None:
-                if self._eval_cache is None:
-                    self._placement = (
-                        self._placement
-                        or make_data_parallel_step(optax.identity(), devices=self._jax_devices)[0]
-                    )
-                    self._eval_cache = self._placement.replicate(self._equinox_from_face())
-                model = self._eval_cache
-            xs, ys = self._placement.shard_batch(
-                _to_numpy(x).astype(np.float32, copy=False), _to_numpy(y).astype(np.int32)
-            )
-            loss, acc = (float(v) for v in _eval_metrics(model, xs, ys))
+        x, y = self._batch(batch)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
         self._log(stage, loss, acc, len(y), on_step=False)
 
     def validation_step(self, batch, batch_idx):
@@ -442,13 +282,7 @@ class ImageClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, list | tuple) else batch
-        if self.mode == "jax":
-            if self._jax_model is None and self._eval_cache is None:
-                self._eval_cache = self._equinox_from_face()
-            model = self._jax_model if self._jax_model is not None else self._eval_cache
-            logits = np.asarray(eval_mode(model)(jnp.asarray(_to_numpy(x)))[0])
-            return torch.from_numpy(logits)
-        return self.model(torch.as_tensor(x))
+        return self(x)
 
     def _log(self, stage: str, loss, acc, batch_size: int, on_step: bool) -> None:
         sync = stage != "train"
