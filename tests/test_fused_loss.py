@@ -162,3 +162,19 @@ def test_bad_targets_and_second_derivatives_are_errors(reference):
     torch.testing.assert_close(face.fc.weight.grad, 2 * once)
     with torch.no_grad():  # nothing to differentiate: the face's forward, no graph
         assert zoo.fused_cross_entropy(face, x, y)[0].grad_fn is None
+
+
+def test_sync_batchnorm_modules_run_in_torch():
+    """`SyncBatchNorm.convert_sync_batchnorm` (Lightning's `sync_batchnorm=True`) replaces
+    the BatchNorms: they run as torch's SyncBatchNorm (which synchronises across processes
+    on GPUs), the rest in JAX, with a warning; in one process the results are the twin's."""
+    ref, face = cnn_pair()
+    for m in (ref, face):
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(m)
+    assert isinstance(face.bn1, torch.nn.SyncBatchNorm)
+    x, y = batch(0, size=32)
+    with pytest.warns(zoo.ZooTorchFallbackWarning, match="bn1"):
+        loss, _ = zoo.fused_cross_entropy(face, x, y)
+    loss.backward()
+    F.cross_entropy(ref(x), y).backward()
+    assert_same_step(face, ref)

@@ -1,5 +1,6 @@
 """zoo.lightning.ImageClassifier with the real Lightning Trainer, on real data (sklearn digits)."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -262,46 +263,61 @@ def test_sharded_step_equals_unsharded():
 DDP_SCRIPT = textwrap.dedent(
     """
     import sys
+    import jax
     import lightning as L, torch
     from torch.utils.data import DataLoader, DistributedSampler
+    import zoo
     from zoo.lightning import ArrayDataset, ImageClassifier, digits_arrays, numpy_collate
 
+    jax.config.update("jax_enable_x64", True)
     devices, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    runs = [r.split(":") for r in sys.argv[4].split(",")]  # mode:train_bn, "twin" = plain torch
     x, y, _, _ = digits_arrays(size=16, seed=0)
-    L.seed_everything(0)
-    module = ImageClassifier("cnn", mode="torch", num_classes=10, in_chans=1, lr=0.05,
-                             train_bn=False, total_steps=8)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=devices,
-                        strategy="ddp" if devices > 1 else "auto", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, use_distributed_sampler=False)
-    # Rank r takes samples r, r + 2, ... in order (Lightning's own DistributedSampler would
-    # shuffle), so each step's global batch is the single process's batch.
     data = ArrayDataset(x[:256], y[:256])
-    sampler = DistributedSampler(data, trainer.world_size, trainer.global_rank, shuffle=False)
-    loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=numpy_collate)
-    trainer.fit(module, loader)
+    results = {}
+    for mode, train_bn in runs:
+        L.seed_everything(0)
+        module = ImageClassifier("cnn", mode="torch" if mode == "twin" else mode,
+                                 num_classes=10, in_chans=1, lr=0.05, drop_rate=0.0,
+                                 train_bn=train_bn == "bn", total_steps=8)
+        if mode == "twin":
+            module.model = zoo.to_torchvision(module.model)
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=devices,
+                            strategy="ddp" if devices > 1 else "auto", precision="64-true",
+                            logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            use_distributed_sampler=False)
+        # Rank r takes samples r, r + 2, ... in order (Lightning's own DistributedSampler
+        # would shuffle), so each step's global batch is the single process's batch.
+        sampler = DistributedSampler(data, trainer.world_size, trainer.global_rank, shuffle=False)
+        loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=numpy_collate)
+        trainer.fit(module, loader)
+        results[f"{mode}:{train_bn}"] = module.model.state_dict()
     if trainer.global_rank == 0:
-        torch.save(module.model.state_dict(), out)
+        torch.save(results, out)
     """
 )
 
 
 def test_ddp_two_processes_equal_one(tmp_path):
-    """Lightning DDP (2 CPU processes, gloo, torch face) with 16 samples per process equals
-    one process with batches of 32, over 8 steps (atol 1e-5).
+    """Lightning DDP (2 CPU processes, gloo), 16 samples per process, 8 steps, in float64:
 
-    BatchNorm choice: DDP computes batch statistics per process (and SyncBatchNorm swaps
-    torch's BatchNorm modules, which the torch face does not have), so train-mode BN would
-    legitimately differ from one process. `train_bn=False` runs the model in eval mode
-    (running statistics, no dropout) while every parameter trains, so the only cross-process
-    reduction is DDP's gradient all-reduce, which is exactly what this test checks. An
-    unshuffled rank-strided split (an explicit sampler in both runs) forms the same global
-    batches as the single process."""
+    - torch and JAX mode with `train_bn=False` (every parameter trains, BatchNorm on its
+      running statistics, so DDP's gradient all-reduce is the only cross-process reduction)
+      equal one process with batches of 32 (1e-10): gradients are averaged every step;
+    - JAX mode with BatchNorm training equals the plain torch model under the same DDP
+      (1e-10): statistics from each process's own batch, buffers broadcast from rank 0, as
+      DDP does for any torch model.
+
+    An unshuffled rank-strided split (an explicit sampler in both runs) forms the same global
+    batches as the single process. Several fits share one launch (Lightning launches the
+    second rank once per script). SyncBatchNorm is not tested here: torch's runs on GPUs
+    only (see test_sync_batchnorm_modules_run_in_torch)."""
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     env = os.environ | {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    runs = {2: "torch:frozen,jax:frozen,jax:bn,twin:bn", 1: "torch:frozen,jax:frozen"}
     for devices, batch in ((2, 16), (1, 32)):
         subprocess.run(
             [
@@ -310,6 +326,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
                 str(devices),
                 str(batch),
                 str(tmp_path / f"{devices}.pt"),
+                runs[devices],
             ],
             check=True,
             env=env,
@@ -318,6 +335,170 @@ def test_ddp_two_processes_equal_one(tmp_path):
         )
     ddp, single = torch.load(tmp_path / "2.pt"), torch.load(tmp_path / "1.pt")
     initial = ImageClassifier("cnn", num_classes=10, in_chans=1).model.state_dict()
-    assert not torch.equal(single["conv1.weight"], initial["conv1.weight"])
-    for k in single:
-        torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=0, msg=k)
+    pairs = [(ddp[r], single[r]) for r in ("torch:frozen", "jax:frozen")]
+    pairs.append((ddp["jax:bn"], ddp["twin:bn"]))
+    for ours, expected in pairs:
+        assert ours["conv1.weight"].dtype == torch.float64
+        assert not torch.equal(expected["conv1.weight"].float(), initial["conv1.weight"])
+        for k in expected:
+            torch.testing.assert_close(ours[k], expected[k], atol=1e-10, rtol=0, msg=k)
+    # BatchNorm trained under DDP: the statistics moved.
+    assert not torch.equal(ddp["jax:bn"]["bn1.running_mean"], ddp["jax:frozen"]["bn1.running_mean"])
+
+
+# -- JAX mode obeys the Trainer: it trains as Lightning trains the plain torch model ---------
+
+
+def plain_twin(module: ImageClassifier) -> ImageClassifier:
+    """The same LightningModule around the plain torch model (torchvision's, or the CNN's
+    `SmallCNNTorch`) with the same weights: what Lightning does with an ordinary torch
+    model, the reference for every Trainer feature."""
+    twin = copy.deepcopy(module)
+    twin.model, twin.mode = zoo.to_torchvision(module.model), "torch"
+    return twin
+
+
+def fit_with_twin(make, data, epochs, n_train=256, jax_only=True, **trainer_kwargs):
+    """Fit `make()` in JAX mode and its plain torch twin with identical Trainers and data;
+    return both modules and trainers. With `jax_only`, a fallback to torch is an error.
+
+    In float64 (`precision="64-true"`, JAX's x64 on) unless `precision` is given: over 16 SGD
+    steps fp32 rounding grows to ~3e-4 in places, which would hide a real difference; in
+    float64 the two must agree to 1e-10."""
+    L.seed_everything(0)
+    module = make()
+    twin = plain_twin(module)
+    train, _ = loaders(data, n_train=n_train)
+    trainer_kwargs.setdefault("precision", "64-true")
+    out = []
+    for m in (module, twin):
+        kwargs = {k: (v() if callable(v) else v) for k, v in trainer_kwargs.items()}
+        t = trainer(epochs, **kwargs)
+        with warnings.catch_warnings(), jax.enable_x64(kwargs["precision"] == "64-true"):
+            if jax_only:
+                warnings.simplefilter("error", zoo.ZooTorchFallbackWarning)
+            t.fit(m, train)
+        out.append(t)
+    return module, twin, *out
+
+
+def assert_same_weights(module, twin, atol=1e-10):
+    a, b = module.model.state_dict(), twin.model.state_dict()
+    assert a.keys() == b.keys()
+    assert a["conv1.weight"].dtype == torch.float64
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+class UsersOptimizer(ImageClassifier):
+    """A user's own `configure_optimizers`: Adam, halving the lr every epoch."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=3e-3)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)}
+
+
+def test_jax_mode_takes_the_users_optimizer_scheduler_clipping_and_accumulation(digits, tmp_path):
+    """The user's optimizer and scheduler, gradient clipping, a GradientAccumulationScheduler
+    and LearningRateMonitor, in JAX mode: the weights the plain torch model gets, the
+    same lr logged at the same steps, the same number of optimizer steps."""
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler, LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    monitors = []
+
+    def callbacks():
+        monitors.append(LearningRateMonitor(logging_interval="step"))
+        return [monitors[-1], GradientAccumulationScheduler({1: 2})]
+
+    loggers = iter(CSVLogger(tmp_path, name=n) for n in ("jax", "twin"))
+    module, twin, t1, t2 = fit_with_twin(
+        lambda: UsersOptimizer("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0),
+        digits,
+        2,
+        callbacks=callbacks,
+        gradient_clip_val=0.5,
+        logger=lambda: next(loggers),
+        log_every_n_steps=1,
+    )
+    assert t1.global_step == t2.global_step == 8 + 4  # epoch 1 accumulates pairs of batches
+    assert_same_weights(module, twin)
+    logged = []
+    for name in ("jax", "twin"):
+        rows = (tmp_path / name / "version_0" / "metrics.csv").read_text().splitlines()
+        column = rows[0].split(",").index("lr-Adam")
+        logged.append([r.split(",")[column] for r in rows[1:] if r.split(",")[column]])
+    assert logged[0] == logged[1] and {"0.003", "0.0015"} <= set(logged[0]), logged
+
+
+@pytest.mark.parametrize("averaging", ["swa", "ema"])
+def test_jax_mode_weight_averaging_callbacks(digits, averaging):
+    """StochasticWeightAveraging (with its BatchNorm recomputation) and EMAWeightAveraging
+    write the face's tensors; the next steps, evaluation and export use them: the weights and
+    statistics equal the plain torch model's, and the face's own accuracy is the
+    Trainer's test accuracy. SWA's BatchNorm epoch (momentum None, a cumulative average)
+    runs those BatchNorms in torch, with a warning."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
+
+    def callback():
+        if averaging == "swa":
+            return [StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=1)]
+        return [EMAWeightAveraging(decay=0.8)]
+
+    module, twin, t, _ = fit_with_twin(
+        lambda: ImageClassifier("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0),
+        digits,
+        2,
+        jax_only=averaging == "ema",
+        callbacks=callback,
+    )
+    assert_same_weights(module, twin)
+    x_test, y_test = torch.from_numpy(digits[2]).double(), digits[3]
+    with jax.enable_x64(True):
+        tested = t.test(module, numpy_loader(ArrayDataset(*digits[2:]), 128), verbose=False)
+    module.model.eval()
+    with torch.no_grad(), jax.enable_x64(True):
+        own = (module.model(x_test).argmax(-1).numpy() == y_test).mean()
+    assert abs(own - tested[0]["test_acc"]) < 1e-6
+
+
+def test_jax_mode_lr_find(digits):
+    """The Tuner's lr_find in JAX mode: the losses and the suggestion of the plain torch
+    model, and the weights restored afterwards."""
+    from lightning.pytorch.tuner import Tuner
+
+    results = []
+    L.seed_everything(0)
+    module = ImageClassifier("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0)
+    before = weights(module)
+    train, _ = loaders(digits, n_train=512)
+    for m in (module, plain_twin(module)):
+        finder = Tuner(trainer(1)).lr_find(m, train, min_lr=1e-4, max_lr=1.0, num_training=16)
+        results.append((finder.results["loss"], finder.suggestion()))
+    (losses, suggestion), (twin_losses, twin_suggestion) = results
+    assert np.isfinite(losses).all() and suggestion is not None
+    np.testing.assert_allclose(losses, twin_losses, rtol=1e-4)
+    assert suggestion == twin_suggestion and module.hparams.lr == suggestion
+    for k, v in weights(module).items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_jax_mode_precision_bf16(digits):
+    """`bf16-mixed`: the model computes in bfloat16 inside the JAX program while the weights
+    stay float32, and training follows the plain torch model under the same autocast
+    (losses within bfloat16's rounding). `bf16-true`: bfloat16 weights, computed in JAX."""
+    losses = {}
+    for precision in ("bf16-mixed", "bf16-true"):
+        module, _, t1, t2 = fit_with_twin(
+            lambda: ImageClassifier(
+                "cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0, lr=0.02
+            ),
+            digits,
+            1,
+            precision=precision,
+        )
+        dtype = module.model.conv1.weight.dtype
+        assert dtype == (torch.float32 if precision == "bf16-mixed" else torch.bfloat16)
+        losses[precision] = [float(t.callback_metrics["train_loss_epoch"]) for t in (t1, t2)]
+    for precision, (ours, theirs) in losses.items():
+        assert abs(ours - theirs) < 0.05 and ours < 2.1, (precision, losses)
