@@ -1,10 +1,11 @@
 """Images/s of one training epoch through a real Lightning `Trainer`: `ImageClassifier` in torch
-mode and in JAX mode, against a plain torch model (torchvision's ResNet18; for the CNN its
-torch twin `SmallCNNTorch`) inside an equivalent minimal `LightningModule`.
+mode and in JAX mode, and a user's plain `LightningModule` around the zoo's torch face, against
+the plain torch model (torchvision's ResNet18; for the CNN its torch twin `SmallCNNTorch`) in
+the same minimal `LightningModule`, at batch 32 and 128.
 
     python -m benchmarks.lightning_epoch [--quick] [--threads N] [--out results.json]
 
-Every (model, framework) pair runs in its own subprocess (threads pinned as in
+Every (model, framework, batch) runs in its own subprocess (threads pinned as in
 `benchmarks.run`). All three train on the same data through the same loader: scikit-learn's
 digits (all 1,797 images) upsampled to 32x32 (1 channel for the CNN, repeated to 3 for
 ResNet18, so torchvision's model runs unmodified), NumPy batches (`numpy_loader`), no
@@ -27,6 +28,7 @@ from benchmarks._common import available_cpus, emit, pin_threads
 MODELS = {"resnet18": "ResNet18", "cnn": "SmallCNN"}
 FRAMEWORKS = {
     "plain": "plain torch in Lightning",
+    "face_plain": "torch face in the same module",
     "zoo_torch": "ImageClassifier torch mode",
     "zoo_jax": "ImageClassifier JAX mode",
 }
@@ -36,22 +38,33 @@ LR, MOMENTUM, NUM_CLASSES = 0.05, 0.9, 10
 def settings(quick: bool) -> dict[str, Any]:
     """Batch, image side, timed epochs and the models to run."""
     if quick:  # ResNet18's train step alone compiles for ~10 s: only the CNN runs
-        return {"batch": 16, "size": 16, "epochs": 1, "limit_batches": 3, "models": ["cnn"]}
-    return {"batch": 128, "size": 32, "epochs": 3, "limit_batches": None, "models": list(MODELS)}
+        return {"batches": [16], "size": 16, "epochs": 1, "limit_batches": 3, "models": ["cnn"]}
+    return {
+        "batches": [32, 128],
+        "size": 32,
+        "epochs": 3,
+        "limit_batches": None,
+        "models": list(MODELS),
+    }
 
 
 # ---------------------------------------------------------------------------- worker
 
 
-def _plain_module(model: str, channels: int):
+def _plain_module(model: str, channels: int, face: bool = False):
     """The baseline: the plain torch model in a minimal LightningModule doing what
-    ImageClassifier's torch mode does per step (same optimizer, loss and logging)."""
+    ImageClassifier's torch mode does per step (same optimizer, loss and logging). With
+    `face`, the same module around the zoo's torch face, as a user would write it."""
     import lightning as L
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    if model == "resnet18":
+    if face:
+        import zoo
+
+        net = zoo.load(model, framework="torch", num_classes=NUM_CLASSES, in_chans=channels)
+    elif model == "resnet18":
         import torchvision
 
         net = torchvision.models.resnet18(num_classes=NUM_CLASSES)
@@ -96,8 +109,8 @@ def _zoo_module(model: str, mode: str, channels: int):
     )
 
 
-def run_worker(model: str, framework: str, quick: bool) -> dict[str, Any]:
-    """One (model, framework) pair: fit for 1 + `epochs` epochs, time each."""
+def run_worker(model: str, framework: str, batch: int, quick: bool) -> dict[str, Any]:
+    """One (model, framework, batch): fit for 1 + `epochs` epochs, time each."""
     import time
 
     import lightning as L
@@ -110,11 +123,11 @@ def run_worker(model: str, framework: str, quick: bool) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = digits_arrays(size=cfg["size"], channels=channels)
     data = ArrayDataset(np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]))
     loader = numpy_loader(
-        data, cfg["batch"], sampler=EpochShuffleSampler(len(data), seed=0), drop_last=True
+        data, batch, sampler=EpochShuffleSampler(len(data), seed=0), drop_last=True
     )
     L.seed_everything(0, verbose=False)
-    if framework == "plain":
-        module = _plain_module(model, channels)
+    if framework in ("plain", "face_plain"):
+        module = _plain_module(model, channels, face=framework == "face_plain")
     else:
         module = _zoo_module(model, framework.removeprefix("zoo_"), channels)
 
@@ -143,13 +156,13 @@ def run_worker(model: str, framework: str, quick: bool) -> dict[str, Any]:
     )
     trainer.fit(module, loader)
     steps = trainer.num_training_batches
-    images = steps * cfg["batch"]
+    images = steps * batch
     rates = [images / s for s in timer.seconds[1:]]
     return {
         "model": model,
         "framework": framework,
         "status": "ok",
-        "batch": cfg["batch"],
+        "batch": batch,
         "size": cfg["size"],
         "channels": channels,
         "steps_per_epoch": steps,
@@ -171,24 +184,29 @@ def collect(quick: bool, threads: int, timeout: float) -> list[dict[str, Any]]:
     cfg = settings(quick)
     rows = []
     for model in MODELS:
-        for framework in FRAMEWORKS:
-            base = {"model": model, "framework": framework}
-            if model not in cfg["models"]:
-                rows.append(base | {"status": "skipped", "reason": "skipped (--quick)"})
-                continue
-            args = ["--worker", "--model", model, "--framework", framework]
-            args += ["--quick"] * quick
-            result, error = run_subprocess("benchmarks.lightning_epoch", args, threads, timeout)
-            rows.append(result or base | {"status": "error", "reason": error})
-            print(f"done: lightning {model} / {framework}", file=sys.stderr, flush=True)
+        for batch in cfg["batches"]:
+            for framework in FRAMEWORKS:
+                base = {"model": model, "framework": framework, "batch": batch}
+                if model not in cfg["models"]:
+                    rows.append(base | {"status": "skipped", "reason": "skipped (--quick)"})
+                    continue
+                args = ["--worker", "--model", model, "--framework", framework]
+                args += ["--batch", str(batch)] + ["--quick"] * quick
+                result, error = run_subprocess("benchmarks.lightning_epoch", args, threads, timeout)
+                rows.append(result or base | {"status": "error", "reason": error})
+                print(
+                    f"done: lightning {model} / {framework} / batch {batch}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     plain = {
-        r["model"]: r["images_per_s"]
+        (r["model"], r["batch"]): r["images_per_s"]
         for r in rows
         if r["framework"] == "plain" and r["status"] == "ok"
     }
     for r in rows:
-        if r["status"] == "ok" and plain.get(r["model"]):
-            r["ratio_vs_plain"] = r["images_per_s"] / plain[r["model"]]
+        if r["status"] == "ok" and plain.get((r["model"], r["batch"])):
+            r["ratio_vs_plain"] = r["images_per_s"] / plain[r["model"], r["batch"]]
     return rows
 
 
@@ -198,32 +216,33 @@ def markdown(rows: list[dict[str, Any]], quick: bool = False) -> str:
     out = [
         "## One Lightning training epoch (images/s)",
         "",
-        f"`Trainer.fit` on sklearn digits upsampled to {cfg['size']}x{cfg['size']}, batch "
-        f"{cfg['batch']}, SGD momentum {MOMENTUM}, no DataLoader workers; median images/s over "
+        f"`Trainer.fit` on sklearn digits upsampled to {cfg['size']}x{cfg['size']}, "
+        f"SGD momentum {MOMENTUM}, no DataLoader workers; median images/s over "
         f"{cfg['epochs']} epoch(s) after a first (compiling) epoch [min–max], **ratio to the "
         "plain torch model** (torchvision's ResNet18; `SmallCNNTorch` for SmallCNN) in an "
         "equivalent minimal LightningModule; first-epoch seconds in parentheses.",
         "",
-        "| model | " + " | ".join(FRAMEWORKS.values()) + " |",
-        "|---" * (len(FRAMEWORKS) + 1) + "|",
+        "| model | batch | " + " | ".join(FRAMEWORKS.values()) + " |",
+        "|---" * (len(FRAMEWORKS) + 2) + "|",
     ]
-    grid = {(r["model"], r["framework"]): r for r in rows}
+    grid = {(r["model"], r["framework"], r.get("batch")): r for r in rows}
     for model, title in MODELS.items():
-        cells = []
-        for fw in FRAMEWORKS:
-            r = grid.get((model, fw))
-            if r is None:
-                cells.append("")
-            elif r["status"] != "ok":
-                cells.append(r.get("reason", r["status"]))
-            else:
-                ratio = f" **{r['ratio_vs_plain']:.2f}x**" if "ratio_vs_plain" in r else ""
-                lo, hi = r["range"]
-                cells.append(
-                    f"{r['images_per_s']:.0f} [{lo:.0f}–{hi:.0f}]{ratio} "
-                    f"({r['first_epoch_s']:.1f} s)"
-                )
-        out.append(f"| {title} | " + " | ".join(cells) + " |")
+        for batch in cfg["batches"]:
+            cells = []
+            for fw in FRAMEWORKS:
+                r = grid.get((model, fw, batch))
+                if r is None:
+                    cells.append("")
+                elif r["status"] != "ok":
+                    cells.append(r.get("reason", r["status"]))
+                else:
+                    ratio = f" **{r['ratio_vs_plain']:.2f}x**" if "ratio_vs_plain" in r else ""
+                    lo, hi = r["range"]
+                    cells.append(
+                        f"{r['images_per_s']:.0f} [{lo:.0f}–{hi:.0f}]{ratio} "
+                        f"({r['first_epoch_s']:.1f} s)"
+                    )
+            out.append(f"| {title} | {batch} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -236,13 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=list(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--framework", choices=list(FRAMEWORKS), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.worker:
         threads = pin_threads()  # before torch or JAX starts
         from benchmarks._common import set_torch_threads
 
         set_torch_threads(threads)
-        emit(run_worker(opts.model, opts.framework, opts.quick))
+        emit(run_worker(opts.model, opts.framework, opts.batch, opts.quick))
         return
     timeout = opts.timeout or (120.0 if opts.quick else 600.0)
     rows = collect(opts.quick, opts.threads, timeout)

@@ -61,9 +61,9 @@ def test_quick_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert r["median_ms"] > 0 and r["retained_extra_mb"] is not None
         assert r["arrays"] > 0 and r["aliased"] == pytest.approx(r["aliased_share"] * r["arrays"])
         assert r["aliased"] > 0 if not r["copy"] else r["aliased"] == 0
-    # The Lightning epochs: the CNN in all three setups (ResNet18 skipped in --quick).
+    # The Lightning epochs: the CNN in all four setups (ResNet18 skipped in --quick).
     lightning = {(r["model"], r["framework"]): r for r in results["lightning_epoch"]}
-    for framework in ("plain", "zoo_torch", "zoo_jax"):
+    for framework in ("plain", "face_plain", "zoo_torch", "zoo_jax"):
         row = lightning["cnn", framework]
         assert row["status"] == "ok", row
         assert row["images_per_s"] > 0 and row["first_epoch_s"] > 0
