@@ -24,7 +24,6 @@ from zoo.lightning import (
     digits_arrays,
     make_data_parallel_step,
     numpy_loader,
-    worker_context,
 )
 
 pytestmark = pytest.mark.slow
@@ -89,7 +88,7 @@ def test_digits_held_out_accuracy(digits, mode):
     L.seed_everything(0)
     train, test = loaders(digits, num_workers=1 if mode == "jax" else 0)
     if mode == "jax":
-        assert train.multiprocessing_context.get_start_method() == worker_context() != "fork"
+        assert train.multiprocessing_context.get_start_method() == "forkserver"
     module = ImageClassifier("cnn", mode=mode, num_classes=10, in_chans=1, lr=0.05)
     types = BatchTypes()
     t = trainer(3, callbacks=[types])
@@ -106,6 +105,53 @@ def test_digits_held_out_accuracy(digits, mode):
     with torch.no_grad():
         acc = (module.model(torch.from_numpy(x_test)).argmax(-1).numpy() == y_test).mean()
     assert abs(acc - result["test_acc"]) < 1e-6
+
+
+LOADER_SCRIPT = textwrap.dedent(
+    """
+    import os, warnings
+    import jax.numpy as jnp, numpy as np, torch
+    import marker  # the main script's own import: the forkserver preloads it
+    from zoo.lightning import numpy_loader
+
+
+    class Probe(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            # Whether this worker inherited `marker` (imported before it started) instead of
+            # importing it again itself.
+            return np.float32(marker.PID != os.getpid()), 0
+
+
+    if __name__ == "__main__":
+        jnp.ones(3).sum().block_until_ready()  # JAX's threads are running
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # JAX warns when a multithreaded process forks
+            loader = numpy_loader(Probe(), 2, num_workers=2)
+            print("inherited:", all(bool(x.all()) for x, _ in loader))
+    """
+)
+
+
+def test_loader_workers_start_from_a_preloaded_server(tmp_path):
+    """`numpy_loader`'s workers come from a forkserver that imported what the main script
+    imports, so a worker does not import it again (seconds per worker for Lightning), and the
+    JAX-threaded main process never forks (no JAX warning)."""
+    (tmp_path / "marker.py").write_text("import os\nPID = os.getpid()\n")
+    (tmp_path / "main.py").write_text(LOADER_SCRIPT)
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "inherited: True" in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("mode", ["torch", "jax"])
