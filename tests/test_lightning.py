@@ -548,3 +548,31 @@ def test_jax_mode_precision_bf16(digits):
         losses[precision] = [float(t.callback_metrics["train_loss_epoch"]) for t in (t1, t2)]
     for precision, (ours, theirs) in losses.items():
         assert abs(ours - theirs) < 0.05 and ours < 2.1, (precision, losses)
+
+
+class UnfreezeStem(L.pytorch.callbacks.BaseFinetuning):
+    """Freezes `conv1` before training, unfreezes it (a new param group) at epoch 1."""
+
+    def freeze_before_training(self, pl_module):
+        self.freeze(pl_module.model.conv1)
+
+    def finetune_function(self, pl_module, epoch, optimizer):
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.model.conv1, optimizer, lr=0.02)
+
+
+def test_jax_mode_unfreezing_callback(digits):
+    """A BaseFinetuning callback freezes the stem, then unfreezes it into a new param group:
+    no gradient for it while frozen (its weights stay), the plain torch model's weights
+    after."""
+    initial = {}
+
+    def make():
+        module = ImageClassifier("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0)
+        initial.setdefault("conv1", module.model.conv1.weight.detach().clone())
+        return module
+
+    module, twin, *_ = fit_with_twin(make, digits, 2, callbacks=lambda: [UnfreezeStem()])
+    assert_same_weights(module, twin)
+    assert module.model.conv1.weight.requires_grad
+    assert not torch.equal(module.model.conv1.weight.float(), initial["conv1"])
