@@ -564,11 +564,12 @@ class UnfreezeStem(L.pytorch.callbacks.BaseFinetuning):
 def test_jax_mode_unfreezing_callback(digits):
     """A BaseFinetuning callback freezes the stem, then unfreezes it into a new param group:
     no gradient for it while frozen (its weights stay), the plain torch model's weights
-    after."""
+    after. (A LambdaLR, the default module's scheduler, cannot take a new param group; the
+    user's StepLR can.)"""
     initial = {}
 
     def make():
-        module = ImageClassifier("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0)
+        module = UsersOptimizer("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0)
         initial.setdefault("conv1", module.model.conv1.weight.detach().clone())
         return module
 
