@@ -6,12 +6,12 @@ the same minimal `LightningModule`, at batch 32 and 128.
     python -m benchmarks.lightning_epoch [--quick] [--threads N] [--out results.json]
 
 Every (model, framework, batch) runs in its own subprocess (threads pinned as in
-`benchmarks.run`). All three train on the same data through the same loader: scikit-learn's
-digits (all 1,797 images) upsampled to 32x32 (1 channel for the CNN, repeated to 3 for
-ResNet18, so torchvision's model runs unmodified), NumPy batches (`numpy_loader`), no
-workers, `drop_last`; SGD with momentum 0.9 and a constant learning rate; loss and accuracy
-logged every step in all three. The first epoch (tracing and XLA compilation included) is
-reported apart; images/s is the median over the epochs after it.
+`benchmarks.run`; `--quick` runs a model's four setups in one). All four train on the same
+data through the same loader: scikit-learn's digits (all 1,797 images) upsampled to 32x32 (1
+channel for the CNN, repeated to 3 for ResNet18, so torchvision's model runs unmodified),
+NumPy batches (`numpy_loader`), no workers, `drop_last`; SGD with momentum 0.9 and a constant
+learning rate; loss and accuracy logged every step in all four. The first epoch (tracing and
+XLA compilation included) is reported apart; images/s is the median over the epochs after it.
 """
 
 import argparse
@@ -190,10 +190,16 @@ def collect(quick: bool, threads: int, timeout: float) -> list[dict[str, Any]]:
                 if model not in cfg["models"]:
                     rows.append(base | {"status": "skipped", "reason": "skipped (--quick)"})
                     continue
-                args = ["--worker", "--model", model, "--framework", framework]
-                args += ["--batch", str(batch)] + ["--quick"] * quick
+                if quick and framework != next(iter(FRAMEWORKS)):
+                    continue  # --quick: all of a model's setups ran in its first worker
+                args = ["--worker", "--model", model, "--batch", str(batch)]
+                args += ["--framework", "all" if quick else framework] + ["--quick"] * quick
                 result, error = run_subprocess("benchmarks.lightning_epoch", args, threads, timeout)
-                rows.append(result or base | {"status": "error", "reason": error})
+                if quick:
+                    failed = {"status": "error", "reason": error}
+                    rows.extend(result or [base | {"framework": f} | failed for f in FRAMEWORKS])
+                else:
+                    rows.append(result or base | {"status": "error", "reason": error})
                 print(
                     f"done: lightning {model} / {framework} / batch {batch}",
                     file=sys.stderr,
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=list(MODELS), help=argparse.SUPPRESS)
-    parser.add_argument("--framework", choices=list(FRAMEWORKS), help=argparse.SUPPRESS)
+    parser.add_argument("--framework", choices=[*FRAMEWORKS, "all"], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.worker:
@@ -262,7 +268,9 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks._common import set_torch_threads
 
         set_torch_threads(threads)
-        emit(run_worker(opts.model, opts.framework, opts.batch, opts.quick))
+        frameworks = list(FRAMEWORKS) if opts.framework == "all" else [opts.framework]
+        rows = [run_worker(opts.model, f, opts.batch, opts.quick) for f in frameworks]
+        emit(rows if opts.framework == "all" else rows[0])
         return
     timeout = opts.timeout or (120.0 if opts.quick else 600.0)
     rows = collect(opts.quick, opts.threads, timeout)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import jax
 import lightning as L
@@ -306,41 +307,59 @@ def test_sharded_step_equals_unsharded():
         np.testing.assert_allclose(np.asarray(two[k]), np.asarray(one[k]), atol=1e-10, err_msg=k)
 
 
-DDP_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import jax
-    import lightning as L, torch
+def ddp_fits(devices: int, batch: int, runs: list[str]) -> dict[str, dict]:
+    """Fit the CNN once per `"mode:train_bn"` run (mode `"twin"`: the plain torch model) for
+    8 steps in float64 on the digits, under DDP with `devices` processes (the caller is rank
+    0 of a launched script) or in this process; return each run's state_dict."""
     from torch.utils.data import DataLoader, DistributedSampler
-    import zoo
-    from zoo.lightning import ArrayDataset, ImageClassifier, digits_arrays, numpy_collate
 
-    jax.config.update("jax_enable_x64", True)
-    devices, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    runs = [r.split(":") for r in sys.argv[4].split(",")]  # mode:train_bn, "twin" = plain torch
+    from zoo.lightning import numpy_collate
+
     x, y, _, _ = digits_arrays(size=16, seed=0)
     data = ArrayDataset(x[:256], y[:256])
     results = {}
-    for mode, train_bn in runs:
+    for run in runs:
+        mode, train_bn = run.split(":")
         L.seed_everything(0)
-        module = ImageClassifier("cnn", mode="torch" if mode == "twin" else mode,
-                                 num_classes=10, in_chans=1, lr=0.05, drop_rate=0.0,
-                                 train_bn=train_bn == "bn", total_steps=8)
+        module = ImageClassifier(
+            "cnn",
+            mode="torch" if mode == "twin" else mode,
+            num_classes=10,
+            in_chans=1,
+            lr=0.05,
+            drop_rate=0.0,
+            train_bn=train_bn == "bn",
+            total_steps=8,
+        )
         if mode == "twin":
             module.model = zoo.to_torchvision(module.model)
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=devices,
-                            strategy="ddp" if devices > 1 else "auto", precision="64-true",
-                            logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            use_distributed_sampler=False)
+        t = trainer(
+            1,
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            precision="64-true",
+            use_distributed_sampler=False,
+        )
         # Rank r takes samples r, r + 2, ... in order (Lightning's own DistributedSampler
         # would shuffle), so each step's global batch is the single process's batch.
-        sampler = DistributedSampler(data, trainer.world_size, trainer.global_rank, shuffle=False)
+        sampler = DistributedSampler(data, t.world_size, t.global_rank, shuffle=False)
         loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=numpy_collate)
-        trainer.fit(module, loader)
-        results[f"{mode}:{train_bn}"] = module.model.state_dict()
-    if trainer.global_rank == 0:
-        torch.save(results, out)
+        with jax.enable_x64(True):
+            t.fit(module, loader)
+        results[run] = module.model.state_dict()
+    return results
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import torch
+    from test_lightning import ddp_fits
+
+    results = ddp_fits(2, 16, sys.argv[2].split(","))
+    if torch.distributed.get_rank() == 0:
+        torch.save(results, sys.argv[1])
     """
 )
 
@@ -356,30 +375,25 @@ def test_ddp_two_processes_equal_one(tmp_path):
       DDP does for any torch model.
 
     An unshuffled rank-strided split (an explicit sampler in both runs) forms the same global
-    batches as the single process. Several fits share one launch (Lightning launches the
-    second rank once per script). SyncBatchNorm is not tested here: torch's runs on GPUs
-    only (see test_sync_batchnorm_modules_run_in_torch)."""
+    batches as the single process. The DDP fits share one launch (Lightning launches the
+    second rank once per script); the single process runs here. SyncBatchNorm is not tested
+    here: torch's runs on GPUs only (see test_sync_batchnorm_modules_run_in_torch)."""
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
+    tests = str(Path(__file__).parent)
     env = os.environ | {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    runs = {2: "torch:frozen,jax:frozen,jax:bn,twin:bn", 1: "torch:frozen,jax:frozen"}
-    for devices, batch in ((2, 16), (1, 32)):
-        subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                str(devices),
-                str(batch),
-                str(tmp_path / f"{devices}.pt"),
-                runs[devices],
-            ],
-            check=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=300,
-        )
-    ddp, single = torch.load(tmp_path / "2.pt"), torch.load(tmp_path / "1.pt")
+    env["PYTHONPATH"] = os.pathsep.join([tests, env.get("PYTHONPATH", "")])
+    runs = "torch:frozen,jax:frozen,jax:bn,twin:bn"
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ddp.pt"), runs],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    ddp = torch.load(tmp_path / "ddp.pt")
+    single = ddp_fits(1, 32, ["torch:frozen", "jax:frozen"])
     initial = ImageClassifier("cnn", num_classes=10, in_chans=1).model.state_dict()
     pairs = [(ddp[r], single[r]) for r in ("torch:frozen", "jax:frozen")]
     pairs.append((ddp["jax:bn"], ddp["twin:bn"]))
@@ -440,14 +454,26 @@ class UsersOptimizer(ImageClassifier):
     """A user's own `configure_optimizers`: Adam, halving the lr every epoch."""
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=3e-3)
+        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=3e-3)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)}
 
 
+class UnfreezeStem(L.pytorch.callbacks.BaseFinetuning):
+    """Freezes `conv1` before training, unfreezes it (a new param group) at epoch 1."""
+
+    def freeze_before_training(self, pl_module):
+        self.freeze(pl_module.model.conv1)
+
+    def finetune_function(self, pl_module, epoch, optimizer):
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.model.conv1, optimizer, lr=0.02)
+
+
 def test_jax_mode_takes_the_users_optimizer_scheduler_clipping_and_accumulation(digits, tmp_path):
-    """The user's optimizer and scheduler, gradient clipping, a GradientAccumulationScheduler
-    and LearningRateMonitor, in JAX mode: the weights the plain torch model gets, the
-    same lr logged at the same steps, the same number of optimizer steps."""
+    """The user's optimizer and scheduler, gradient clipping, a GradientAccumulationScheduler,
+    LearningRateMonitor and a BaseFinetuning callback (the stem frozen in epoch 0, then
+    unfrozen into a new param group), in JAX mode: the weights the plain torch model gets,
+    the same lr logged at the same steps, the same number of optimizer steps."""
     from lightning.pytorch.callbacks import GradientAccumulationScheduler, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
@@ -455,7 +481,7 @@ def test_jax_mode_takes_the_users_optimizer_scheduler_clipping_and_accumulation(
 
     def callbacks():
         monitors.append(LearningRateMonitor(logging_interval="step"))
-        return [monitors[-1], GradientAccumulationScheduler({1: 2})]
+        return [monitors[-1], GradientAccumulationScheduler({1: 2}), UnfreezeStem()]
 
     loggers = iter(CSVLogger(tmp_path, name=n) for n in ("jax", "twin"))
     module, twin, t1, t2 = fit_with_twin(
@@ -469,12 +495,17 @@ def test_jax_mode_takes_the_users_optimizer_scheduler_clipping_and_accumulation(
     )
     assert t1.global_step == t2.global_step == 8 + 4  # epoch 1 accumulates pairs of batches
     assert_same_weights(module, twin)
+    assert module.model.conv1.weight.requires_grad
+    assert len(t1.optimizers[0].param_groups) == 2
     logged = []
     for name in ("jax", "twin"):
         rows = (tmp_path / name / "version_0" / "metrics.csv").read_text().splitlines()
-        column = rows[0].split(",").index("lr-Adam")
-        logged.append([r.split(",")[column] for r in rows[1:] if r.split(",")[column]])
-    assert logged[0] == logged[1] and {"0.003", "0.0015"} <= set(logged[0]), logged
+        header = rows[0].split(",")
+        lr = [i for i, column in enumerate(header) if column.startswith("lr-Adam")]
+        logged.append([[r.split(",")[i] for i in lr] for r in rows[1:]])
+    assert logged[0] == logged[1]
+    values = {v for row in logged[0] for v in row}
+    assert values == {"", "0.003", "0.0015", "0.02"}, values  # StepLR halved; the new group
 
 
 @pytest.mark.parametrize("averaging", ["swa", "ema"])
@@ -548,32 +579,3 @@ def test_jax_mode_precision_bf16(digits):
         losses[precision] = [float(t.callback_metrics["train_loss_epoch"]) for t in (t1, t2)]
     for precision, (ours, theirs) in losses.items():
         assert abs(ours - theirs) < 0.05 and ours < 2.1, (precision, losses)
-
-
-class UnfreezeStem(L.pytorch.callbacks.BaseFinetuning):
-    """Freezes `conv1` before training, unfreezes it (a new param group) at epoch 1."""
-
-    def freeze_before_training(self, pl_module):
-        self.freeze(pl_module.model.conv1)
-
-    def finetune_function(self, pl_module, epoch, optimizer):
-        if epoch == 1:
-            self.unfreeze_and_add_param_group(pl_module.model.conv1, optimizer, lr=0.02)
-
-
-def test_jax_mode_unfreezing_callback(digits):
-    """A BaseFinetuning callback freezes the stem, then unfreezes it into a new param group:
-    no gradient for it while frozen (its weights stay), the plain torch model's weights
-    after. (A LambdaLR, the default module's scheduler, cannot take a new param group; the
-    user's StepLR can.)"""
-    initial = {}
-
-    def make():
-        module = UsersOptimizer("cnn", mode="jax", num_classes=10, in_chans=1, drop_rate=0.0)
-        initial.setdefault("conv1", module.model.conv1.weight.detach().clone())
-        return module
-
-    module, twin, *_ = fit_with_twin(make, digits, 2, callbacks=lambda: [UnfreezeStem()])
-    assert_same_weights(module, twin)
-    assert module.model.conv1.weight.requires_grad
-    assert not torch.equal(module.model.conv1.weight.float(), initial["conv1"])
