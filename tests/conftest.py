@@ -99,6 +99,8 @@ def run_python(
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     if "ZOO_TEST_JAX_CACHE" in os.environ:  # zoo.load's compilation cache: this run's, not ~
         full_env.setdefault("ZOO_COMPILATION_CACHE", os.environ["ZOO_TEST_JAX_CACHE"])
+        # ... holding what takes 0.5 s or more to compile, as in this process.
+        full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     full_env |= dict(env or {})
     result = subprocess.run(
         [sys.executable, *args],

@@ -384,6 +384,9 @@ def test_ddp_two_processes_equal_one(tmp_path):
     env = os.environ | {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["PYTHONPATH"] = os.pathsep.join([tests, env.get("PYTHONPATH", "")])
+    if "ZOO_TEST_JAX_CACHE" in os.environ:  # this run's compilation cache, as run_python
+        env["ZOO_COMPILATION_CACHE"] = os.environ["ZOO_TEST_JAX_CACHE"]
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     runs = "torch:frozen,jax:frozen,jax:bn,twin:bn"
     subprocess.run(
         [sys.executable, str(script), str(tmp_path / "ddp.pt"), runs],
