@@ -2,6 +2,7 @@
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -81,15 +82,14 @@ def weights(module):
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("mode", ["torch", "jax"])
-def test_digits_held_out_accuracy(digits, mode):
-    """Both modes fine-tune the CNN to >= 95% held-out accuracy on real digits (16x16,
-    3 epochs); JAX mode reads its batches through a worker process (started with
-    forkserver/spawn, never forked from this JAX-threaded process) as NumPy arrays."""
+def test_digits_held_out_accuracy(digits, mode="jax"):
+    """JAX mode fine-tunes the CNN to >= 95% held-out accuracy on real digits (16x16, 3
+    epochs), reading its batches as NumPy arrays through a worker process (from a forkserver,
+    never forked from this JAX-threaded process). Torch mode's step is a plain module's
+    (`test_torch_face.py::test_a_plain_lightning_module_trains_the_face_in_train_mode`)."""
     L.seed_everything(0)
-    train, test = loaders(digits, num_workers=1 if mode == "jax" else 0)
-    if mode == "jax":
-        assert train.multiprocessing_context.get_start_method() == "forkserver"
+    train, test = loaders(digits, num_workers=1)
+    assert train.multiprocessing_context.get_start_method() == "forkserver"
     module = ImageClassifier("cnn", mode=mode, num_classes=10, in_chans=1, lr=0.05)
     types = BatchTypes()
     t = trainer(3, callbacks=[types])
@@ -191,8 +191,7 @@ def test_resume_equals_uninterrupted(digits, mode, tmp_path):
     assert not torch.equal(a["conv1.weight"], weights(fresh())["conv1.weight"])
 
 
-@pytest.mark.parametrize("mode", ["torch", "jax"])
-def test_freeze_backbone_trains_only_the_head(digits, mode):
+def test_freeze_backbone_trains_only_the_head(digits, mode="jax"):
     L.seed_everything(0)
     module = ImageClassifier(
         "cnn", mode=mode, num_classes=10, in_chans=1, freeze_backbone=True, lr=0.05
@@ -208,8 +207,7 @@ def test_freeze_backbone_trains_only_the_head(digits, mode):
             assert torch.equal(before[k], after[k]), k
 
 
-@pytest.mark.parametrize("mode", ["torch", "jax"])
-def test_freeze_backbone_modes(digits, mode):
+def test_freeze_backbone_modes(digits, mode="jax"):
     """With a frozen backbone, training runs the backbone in eval mode (BatchNorm uses its
     running statistics and leaves them untouched) and the head in train mode (its dropout is
     live). With lr=0 the weights never move, so the epoch's training loss equals the
@@ -367,9 +365,10 @@ DDP_SCRIPT = textwrap.dedent(
 def test_ddp_two_processes_equal_one(tmp_path):
     """Lightning DDP (2 CPU processes, gloo), 16 samples per process, 8 steps, in float64:
 
-    - torch and JAX mode with `train_bn=False` (every parameter trains, BatchNorm on its
-      running statistics, so DDP's gradient all-reduce is the only cross-process reduction)
-      equal one process with batches of 32 (1e-10): gradients are averaged every step;
+    - JAX mode with `train_bn=False` (every parameter trains, BatchNorm on its running
+      statistics, so DDP's gradient all-reduce is the only cross-process reduction) equals
+      one process with batches of 32 (1e-10): gradients are averaged every step (torch
+      mode's gradients reach DDP through the same autograd hooks);
     - JAX mode with BatchNorm training equals the plain torch model under the same DDP
       (1e-10): statistics from each process's own batch, buffers broadcast from rank 0, as
       DDP does for any torch model.
@@ -387,19 +386,26 @@ def test_ddp_two_processes_equal_one(tmp_path):
     if "ZOO_TEST_JAX_CACHE" in os.environ:  # this run's compilation cache, as run_python
         env["ZOO_COMPILATION_CACHE"] = os.environ["ZOO_TEST_JAX_CACHE"]
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    runs = "torch:frozen,jax:frozen,jax:bn,twin:bn"
-    subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "ddp.pt"), runs],
-        check=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    # Both ranks start here, as torchrun starts them (Lightning then launches none): they
+    # import in parallel instead of rank 1 starting when rank 0 reaches `fit`.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    command = [sys.executable, str(script), str(tmp_path / "ddp.pt"), "jax:frozen,jax:bn,twin:bn"]
+    ranks = [
+        subprocess.Popen(command, env=env | {"LOCAL_RANK": str(r), "NODE_RANK": "0"}, cwd=tmp_path)
+        for r in (0, 1)
+    ]
+    try:
+        assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]
+    finally:
+        for rank in ranks:
+            rank.kill()  # a rank left waiting for a failed peer
     ddp = torch.load(tmp_path / "ddp.pt")
-    single = ddp_fits(1, 32, ["torch:frozen", "jax:frozen"])
+    single = ddp_fits(1, 32, ["jax:frozen"])
     initial = ImageClassifier("cnn", num_classes=10, in_chans=1).model.state_dict()
-    pairs = [(ddp[r], single[r]) for r in ("torch:frozen", "jax:frozen")]
-    pairs.append((ddp["jax:bn"], ddp["twin:bn"]))
+    pairs = [(ddp["jax:frozen"], single["jax:frozen"]), (ddp["jax:bn"], ddp["twin:bn"])]
     for ours, expected in pairs:
         assert ours["conv1.weight"].dtype == torch.float64
         assert not torch.equal(expected["conv1.weight"].float(), initial["conv1.weight"])
