@@ -90,12 +90,14 @@ def fused_cross_entropy(
             f"not {type(face).__name__}; for any other module use "
             "F.cross_entropy(module(x), target)."
         )
-    params = [p for p in face.parameters() if p.requires_grad]
-    if not (torch.is_grad_enabled() and params):  # nothing to differentiate: the face's call
-        logits = face(x)
+    if not (torch.is_grad_enabled() and any(p.requires_grad for p in face.parameters())):
+        logits = face(x)  # nothing to differentiate: the face's own call
         return F.cross_entropy(logits, target), logits.detach()
     binding, reason = _fused_binding(face, x, target)
-    if binding is None:
+    if not reason:  # the tensors and autocast are read once, for this check and the call
+        tensors, dtype = binding.tensors(), _autocast_dtype(x)
+        reason = binding.dtype_problem(tensors, x, dtype)
+    if reason:
         face._warn_once(
             f"fused:{reason}",
             f"{face.name}: fused_cross_entropy computes F.cross_entropy(face(x), target) "
@@ -106,9 +108,8 @@ def fused_cross_entropy(
         return F.cross_entropy(logits, target), logits.detach()
     check_image_batch(x, face.in_chans, f"{type(face).__name__}({face.name})")
     _check_targets(target, len(x), face.num_classes)
-    dtype = _autocast_dtype(x)
     modes = binding.modes()
-    args, targets, param_tensors = binding.arguments(x, modes)
+    args, targets, param_tensors = binding.arguments(x, modes, tensors)
     mask = tuple(p.requires_grad for p in param_tensors)
     labels = _to_jax(target.to(torch.int32))
     call = (modes, dtype, mask, args, labels, targets)
@@ -129,13 +130,7 @@ def _fused_binding(face: TorchModel, x: Any, target: Any) -> tuple[Any, str]:
         or target.dtype == torch.bool
     ):
         return None, "the target is not a 1-D tensor of class indices"
-    binding, reason = face._whole_program(x)
-    if binding is None:
-        return None, reason
-    problem = binding.dtype_problem(binding.tensors(), x, _autocast_dtype(x))
-    if problem:
-        return None, problem
-    return binding, ""
+    return face._whole_program(x)
 
 
 def _check_targets(target: torch.Tensor, batch: int, classes: int) -> None:

@@ -201,8 +201,7 @@ class _Program:
         wanted = [p for p, g in zip(params, grad_mask, strict=True) if g]
 
         def run(chosen, x):
-            it = iter(chosen)
-            full = [next(it) if g else p for p, g in zip(params, grad_mask, strict=True)]
+            full = _with_chosen(params, grad_mask, chosen)
             return self._run(modes, dtype, full, buffers, counters, x, seed)
 
         if input_grad:
@@ -217,8 +216,7 @@ class _Program:
         wanted = [p for p, g in zip(params, grad_mask, strict=True) if g]
 
         def loss_fn(chosen):
-            it = iter(chosen)
-            full = [next(it) if g else p for p, g in zip(params, grad_mask, strict=True)]
+            full = _with_chosen(params, grad_mask, chosen)
             logits, new_buffers = self._run(modes, dtype, full, buffers, counters, x, seed)
             return _torch_cross_entropy(logits), (logits, new_buffers)
 
@@ -235,6 +233,13 @@ class _Program:
 
         (loss, (logits, new_buffers)), grads = jax.value_and_grad(loss_fn, has_aux=True)(wanted)
         return loss, logits, new_buffers, grads
+
+
+def _with_chosen(params: list, grad_mask: tuple[bool, ...], chosen: list) -> list:
+    """`params` with the ones `grad_mask` selects replaced, in order, by `chosen` (the
+    differentiated ones)."""
+    it = iter(chosen)
+    return [next(it) if g else p for p, g in zip(params, grad_mask, strict=True)]
 
 
 def _runnable(node: Any) -> bool:
