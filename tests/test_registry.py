@@ -44,10 +44,18 @@ def _reference_state(name: str, seed: int, options: tuple) -> dict[str, torch.Te
     return {k: v.detach().clone() for k, v in reference.state_dict().items()}
 
 
+def built_for_test(name: str) -> dict:
+    """Constructor options the test size needs (`test_cfg["kwargs"]`: a ViT's `image_size`,
+    MaxViT's `input_size` and `partition_size`), passed to every build of `name` here."""
+    return dict(zoo.get_model_info(name).test_cfg.get("kwargs", {}))
+
+
 def reference_pair(name: str, seed: int = 0, **kwargs):
     """The torch twin (random weights, randomised BatchNorm statistics) and the zoo model
-    loaded with its state_dict (eval mode). Each call gets its own copies."""
+    loaded with its state_dict (eval mode), both built with `built_for_test(name)` and
+    `kwargs`. Each call gets its own copies."""
     info = zoo.get_model_info(name)
+    kwargs = built_for_test(name) | kwargs
     state = _reference_state(name, seed, tuple(sorted(kwargs.items())))
     try:
         with torch.device("meta"):  # a module tree without drawing its weights
@@ -263,7 +271,7 @@ def _head(model, features):
 
 @pytest.mark.parametrize("name", DEFAULT)
 def test_contract_head_and_classifier(name):
-    model = zoo.load(name, framework="equinox", num_classes=7)
+    model = zoo.load(name, framework="equinox", num_classes=7, **built_for_test(name))
     x = jnp.asarray(sample_input(name).numpy())
     assert (model.num_classes, model.in_chans) == (7, 3)
     features, logits, pooled, called = _contract_outputs(model, x)
@@ -277,8 +285,9 @@ def test_contract_head_and_classifier(name):
     five = model.reset_classifier(5, key=jax.random.key(3))
     assert five.num_classes == 5 and _head(five, features).shape == (2, 5)
     assert _shape(five, x) == (2, 5)
-    assert _shape(zoo.load(name, num_classes=0).model, x) == (2, model.head_hidden_size)
-    grey = zoo.load(name, framework="equinox", in_chans=1, num_classes=7)
+    headless = zoo.load(name, num_classes=0, **built_for_test(name)).model
+    assert _shape(headless, x) == (2, model.head_hidden_size)
+    grey = zoo.load(name, framework="equinox", in_chans=1, num_classes=7, **built_for_test(name))
     assert grey.in_chans == 1 and _shape(grey, x[:, :1]) == (2, 7)
     with pytest.raises(ValueError, match="input channels"):
         grey(x)
@@ -286,7 +295,7 @@ def test_contract_head_and_classifier(name):
 
 @pytest.mark.parametrize("name", DEFAULT)
 def test_feature_info_describes_the_maps(name):
-    model = zoo.load(name, framework="equinox")
+    model = zoo.load(name, framework="equinox", **built_for_test(name))
     test_cfg = zoo.get_model_info(name).test_cfg
     size = 64 if test_cfg["any_size"] else test_cfg["input_size"][1]
     x = jnp.zeros((2, 3, size, size))
@@ -306,11 +315,13 @@ def test_feature_info_describes_the_maps(name):
     assert final_early.shape == maps[-2].shape  # stopped at the deepest map asked for
     with pytest.raises(ValueError, match="out of range"):
         face.forward_intermediates(x, indices=[len(maps)])
-    face = zoo.load(name, features_only=True, out_indices=(-2, -1))
+    face = zoo.load(name, features_only=True, out_indices=(-2, -1), **built_for_test(name))
     assert face.feature_info == model.feature_info[-2:]
     shapes = eqx.filter_eval_shape(lambda m, x: m(x)[0], face.model, x)
     assert [m.shape for m in shapes] == [m.shape for m in maps[-2:]]
-    torch_face = zoo.load(name, framework="torch", features_only=True, out_indices=(0,)).eval()
+    torch_face = zoo.load(
+        name, framework="torch", features_only=True, out_indices=(0,), **built_for_test(name)
+    ).eval()
     with torch.no_grad():
         (first,) = torch_face(torch.zeros(2, 3, size, size))
     assert max_abs_diff(first, maps[0]) <= 1e-6
@@ -349,7 +360,9 @@ HUB = _large_if("hub_large")
 def test_hub_round_trip(name, tmp_path):
     _, model = reference_pair(name, num_classes=6)
     # Without num_classes, a checkpoint's own head decides it (a Linear's or a conv's rows).
-    assert zoo.load(name, framework="equinox", weights=wc.to_state_dict(model)).num_classes == 6
+    state = wc.to_state_dict(model)
+    reloaded = zoo.load(name, framework="equinox", weights=state, **built_for_test(name))
+    assert reloaded.num_classes == 6
     face = zoo.JaxModel(model, name=name)
     folder = zoo.save_pretrained(face, tmp_path / name)
     back = zoo.load(f"local-dir:{folder}")
@@ -357,7 +370,7 @@ def test_hub_round_trip(name, tmp_path):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     config = json.loads((folder / "config.json").read_text())
     assert (config["num_classes"], config["num_features"]) == (6, model.num_features)
-    native = zoo.get_model_info(name).torch_builder(num_classes=6)
+    native = zoo.get_model_info(name).torch_builder(num_classes=6, **built_for_test(name))
     native.load_state_dict(safetensors.torch.load_file(folder / "model.safetensors"), strict=True)
     x = sample_input(name)
     with torch.no_grad():

@@ -15,6 +15,7 @@ from ._activation import (
     relu6 as relu6,
     silu as silu,
 )
+from ._attention import dot_product_attention as dot_product_attention
 from ._conv import Conv2d as Conv2d, lowers_to_matmul as lowers_to_matmul
 from ._dropout import Dropout as Dropout
 from ._init import (
