@@ -112,6 +112,18 @@ def test_max_pool_refuses_padding_over_half_the_kernel():
         layers.MaxPool2d(3, 2, 2)
 
 
+def test_max_pool_refuses_an_input_smaller_than_its_window():
+    """torch raises where the output would be empty (a 2x2 map under a 3x3 window), in both
+    layouts; a ceil-mode window that starts inside the input is kept, as in torch."""
+    with pytest.raises(RuntimeError, match="too small"):
+        F.max_pool2d(torch.zeros(1, 1, 2, 2), 3)
+    with pytest.raises(ValueError, match="too small"):
+        layers.MaxPool2d(3)(jnp.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="too small"):
+        layers.MaxPool2d(3)(jnp.zeros((1, 2, 2, 1)), channels_last=True)
+    assert layers.MaxPool2d(3, ceil_mode=True)(jnp.zeros((1, 1, 2, 2))).shape == (1, 1, 1, 1)
+
+
 AVG_POOL_CASES = [
     # (kernel, stride, padding, size)
     (3, 1, 1, (9, 8)),  # Inception's branch pools: the border windows hold 4 or 6 elements

@@ -84,6 +84,12 @@ def max_pool2d(
     (ph, pw), (kh, kw), (sh, sw) = padding, kernel, stride
     (oh, ow) = _max_pool_output_hw(x, kernel, stride, padding, ceil_mode, channels_last)
     h, w = _height_width(x, channels_last)
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"max_pool2d: a {h}x{w} input gives a {oh}x{ow} output with kernel {kernel}, "
+            f"stride {stride} and padding {padding}: the input is too small (torch refuses it "
+            "too); give the model a larger input"
+        )
     # Far-side padding beyond torch's `padding`: what ceil mode's last window runs past.
     extra_h, extra_w = (
         max(0, (oh - 1) * sh + kh - h - 2 * ph),
