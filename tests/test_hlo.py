@@ -32,24 +32,33 @@ def conv_forms(hlo: str) -> list[str]:
     return re.findall(r" convolution\(.*?dim_labels=([^,\s]+)", hlo)
 
 
-def resnet18_lowered(size: int, jit=zoo.jit) -> dict[str, jax.stages.Lowered]:
-    """ResNet18's eval forward (under `jit`) and `zoo.make_train_step`'s step, lowered for a
-    batch of 4 `size`x`size` images."""
+def resnet18_lowered(
+    size: int, jit=zoo.jit, parts: tuple[str, ...] = ("eval", "train")
+) -> dict[str, jax.stages.Lowered]:
+    """ResNet18's eval forward (under `jit`) and `zoo.make_train_step`'s step (the `parts`
+    asked for), lowered for a batch of 4 `size`x`size` images."""
     model = zoo.load("resnet18", framework="equinox", num_classes=10)
     x = jnp.ones((4, 3, size, size))
-    labels = jnp.zeros((4,), jnp.int32)
-    opt = optax.sgd(0.1, momentum=0.9)
-    train = zoo.train_mode(model)
-    step = zoo.make_train_step(opt, donate=False)
+    lowered = {}
+    if "eval" in parts:
+        lowered["eval"] = jit(lambda m, x: m(x)[0]).lower(zoo.eval_mode(model), x)
+    if "train" in parts:
+        labels = jnp.zeros((4,), jnp.int32)
+        opt = optax.sgd(0.1, momentum=0.9)
+        train = zoo.train_mode(model)
+        step = zoo.make_train_step(opt, donate=False)
+        opt_state = opt.init(zoo.trainable(train))
+        lowered["train"] = step.lower(train, opt_state, x, labels, jax.random.key(0))
+    return lowered
+
+
+def resnet18_hlo(size: int, parts: tuple[str, ...] = ("eval", "train")) -> dict[str, str]:
+    """`resnet18_lowered`'s computations as XLA:CPU compiles them (HLO text). Each compile
+    of a train step costs seconds: a test reads every guard from one compile, and each
+    detector compiles only the part it needs."""
     return {
-        "eval": jit(lambda m, x: m(x)[0]).lower(zoo.eval_mode(model), x),
-        "train": step.lower(train, opt.init(zoo.trainable(train)), x, labels, jax.random.key(0)),
+        name: low.compile().as_text() for name, low in resnet18_lowered(size, parts=parts).items()
     }
-
-
-def resnet18_hlo(size: int) -> dict[str, str]:
-    """`resnet18_lowered`'s computations as XLA:CPU compiles them (HLO text)."""
-    return {name: low.compile().as_text() for name, low in resnet18_lowered(size).items()}
 
 
 def test_detector_sees_the_slow_form():
@@ -62,17 +71,29 @@ def test_detector_sees_the_slow_form():
 
 
 @pytest.mark.parametrize("size", [32, 224])
-def test_resnet18_convolutions_all_run_in_the_fast_form(size):
-    for name, hlo in resnet18_hlo(size).items():
-        forms = conv_forms(hlo)
+def test_resnet18_compiles_with_every_cpu_fix(size):
+    """Eval and train: every convolution in the fast NHWC/HWIO form and none on YNNPACK,
+    one fusion-barrier conditional per block (and one more per block for the gradient),
+    and (224x224, where it mattered) no weight-gradient transpose recomputing more than one
+    block's two branches (the residual's BatchNorm and the shortcut's). Without the barrier
+    XLA:CPU fused earlier blocks into them, which made single transposes cost up to 200 ms
+    at 224x224 batch 32 (benchmarks/README.md)."""
+    hlo = resnet18_hlo(size)
+    for name, text in hlo.items():
+        forms = conv_forms(text)
         assert forms, name  # the big-map convolutions stay XLA convolutions
         assert set(forms) == {FAST_FORM}, (name, forms)
+        assert not ynnpack_convolutions(text), name
+    assert (conditionals(hlo["eval"]), conditionals(hlo["train"])) == (8, 16)
+    if size == 224:
+        reads = transposes_reading_convolutions(hlo["train"])
+        assert reads and max(reads) <= 2, reads
 
 
 def test_without_the_matmul_lowering_the_32x32_model_has_slow_convolutions(monkeypatch):
-    """The guard above can fail: with every convolution left to XLA, it does."""
+    """The fast-form guard can fail: with every convolution left to XLA, it does."""
     monkeypatch.setattr(conv_module, "lowers_to_matmul", lambda *args: False)
-    forms = conv_forms(resnet18_hlo(32)["eval"])
+    forms = conv_forms(resnet18_hlo(32, parts=("eval",))["eval"])
     assert any(form != FAST_FORM for form in forms)
 
 
@@ -85,14 +106,11 @@ def ynnpack_convolutions(hlo: str) -> list[str]:
     ]
 
 
-def test_zoo_jit_keeps_convolutions_off_ynnpack():
-    hlo = resnet18_hlo(64)
-    for name in ("eval", "train"):
-        assert conv_forms(hlo[name]), name
-        assert not ynnpack_convolutions(hlo[name]), name
-    # The detector can fail: under a plain jax.jit, XLA:CPU hands them to YNNPACK.
-    plain = resnet18_lowered(64, jit=eqx.filter_jit)["eval"].lowered.compile()
-    assert ynnpack_convolutions(plain.as_text())
+def test_under_a_plain_jit_convolutions_run_on_ynnpack():
+    """The YNNPACK guard can fail: under a plain jax.jit (not `zoo.jit`), XLA:CPU hands the
+    convolutions to YNNPACK."""
+    plain = resnet18_lowered(64, jit=eqx.filter_jit, parts=("eval",))["eval"]
+    assert ynnpack_convolutions(plain.lowered.compile().as_text())
 
 
 def test_train_step_has_no_select_and_scatter():
@@ -143,8 +161,9 @@ def conditionals(hlo: str) -> int:
 
 
 def test_fusion_barrier_is_compiled_on_cpu_only():
-    """On the CPU the barrier is a conditional in the compiled HLO (one per ResNet block in the
-    forward, one more for its gradient); lowered for a GPU it is the identity."""
+    """On the CPU the barrier is a conditional in the compiled HLO (ResNet18's count is
+    checked in `test_resnet18_compiles_with_every_cpu_fix`); lowered for a GPU it is the
+    identity."""
     double = jax.jit(lambda v: zoo.fusion_barrier(jnp.sin(v)) * 2)
     x = jnp.ones((4, 4))
     assert conditionals(double.lower(x).compile().as_text()) == 1
@@ -152,10 +171,6 @@ def test_fusion_barrier_is_compiled_on_cpu_only():
     # the only comparison in this function.
     assert "stablehlo.compare" in double.trace(x).lower(lowering_platforms=("cpu",)).as_text()
     assert "stablehlo.compare" not in double.trace(x).lower(lowering_platforms=("cuda",)).as_text()
-
-    hlo = resnet18_hlo(64)
-    assert conditionals(hlo["eval"]) == 8
-    assert conditionals(hlo["train"]) == 16
 
 
 def transposes_reading_convolutions(hlo: str) -> list[int]:
@@ -172,16 +187,12 @@ def transposes_reading_convolutions(hlo: str) -> list[int]:
     return counts
 
 
-def test_weight_gradient_transposes_do_not_recompute_earlier_blocks(monkeypatch):
-    """The transposes feeding the train step's weight gradients recompute at most one
-    block's two branches (the residual's BatchNorm and the shortcut's). Without the barrier,
-    XLA:CPU fuses earlier blocks into them too, which made single transposes cost up to
-    200 ms at 224x224 batch 32 (benchmarks/README.md)."""
-    reads = transposes_reading_convolutions(resnet18_hlo(224)["train"])
-    assert reads and max(reads) <= 2, reads
-    # The detector can fail: without the barrier it does.
+def test_without_the_barrier_weight_gradient_transposes_recompute_earlier_blocks(monkeypatch):
+    """The transpose guard of `test_resnet18_compiles_with_every_cpu_fix` can fail: without
+    the barrier, XLA:CPU fuses earlier blocks into the weight-gradient transposes."""
     monkeypatch.setattr(resnet_module, "fusion_barrier", lambda x: x)
-    assert max(transposes_reading_convolutions(resnet18_hlo(224)["train"])) > 2
+    train = resnet18_hlo(224, parts=("train",))["train"]
+    assert max(transposes_reading_convolutions(train)) > 2
 
 
 def test_jax_face_reads_its_hwio_kernels_without_copying_them():
