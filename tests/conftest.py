@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -52,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
 _HEAVY = frozenset(
     {
         "test_train_mode_parity_float64",
-        "test_both_faces_compute_the_equinox_model",
+        "test_both_faces_compute_torchvisions_logits",
         "test_feature_info_describes_the_maps",
         "test_hub_round_trip",
     }
@@ -119,7 +120,41 @@ def run_python(
     return result
 
 
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def committed(tree: Any) -> Any:
+    """`tree` with its arrays committed to the default device. A jitted function's outputs
+    are committed and fresh arrays are not, and JAX compiles the two apart: a train step fed
+    its own outputs compiles twice (seconds for a deep model in float64) unless its first
+    inputs are committed too."""
+    arrays, rest = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.device_put(arrays, jax.devices()[0]), rest)
+
+
+def randomize_constant_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter that torch initialises to a single value a random one: a
+    constant hides a swapped, transposed or missing array (torchvision's ViT head is zeros,
+    so its logits would be zeros on both sides whatever the body computed; ConvNeXt's layer
+    scale of 1e-6 silences its blocks; LayerNorm's ones and zeros commute with a transpose).
+    Scales (1-D weights) become 1 + N(0, 0.2²), matrices and kernels N(0, 1/fan_in) so
+    activations stay O(1), the rest (biases, tokens, layer scales) N(0, 0.1²). Parameters
+    drawn at random already keep their values."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() > 1 and bool((p != p.reshape(-1)[0]).any()):
+                continue
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            if p.ndim == 1 and name.endswith("weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif p.ndim >= 2 and name.endswith("weight"):
+                p.copy_(noise / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.1 * noise)
+    return model
+
+
+def randomize_batchnorm(
+    model: torch.nn.Module, seed: int = 0, size: tuple[int, int] | None = None
+) -> torch.nn.Module:
     """Give every BatchNorm random affine parameters and random, *realistic* running
     statistics, so parity tests see ported statistics rather than the (0, 1) defaults that
     hide eval-mode bugs.
@@ -131,9 +166,14 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     something. (An absolute perturbation of statistics measured in train mode made
     EfficientNet's depthwise BatchNorms, of variance ~1e-4, shift by many standard
     deviations: its logits reached 1e3-1e4.)
+
+    The calibration batch is `size` (height, width): a model's test input size; by default
+    64x64 (75x75 for Inception v3, its smallest).
     """
     gen = torch.Generator().manual_seed(seed)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:  # nothing to calibrate (a ViT's forward takes its one image size only)
+        return model
     was_training = model.training
 
     def calibrate(module: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -149,10 +189,10 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
             m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
         handles = [m.register_forward_pre_hook(calibrate) for m in norms]
         first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-        # Inception v3 needs 75x75 or more (its unpadded stem): the others stay at 64x64.
-        size = 75 if type(model).__name__ == "Inception3" else 64
+        if size is None:  # Inception v3 needs 75x75 or more (its unpadded stem)
+            size = (75, 75) if type(model).__name__ == "Inception3" else (64, 64)
         try:
-            model.eval()(torch.randn(8, first_conv.in_channels, size, size, generator=gen))
+            model.eval()(torch.randn(8, first_conv.in_channels, *size, generator=gen))
         finally:
             for handle in handles:
                 handle.remove()

@@ -25,6 +25,7 @@ import torchvision
 from conftest import (
     assert_deep_parity,
     assert_far_from_kinks,
+    committed,
     eval_logits,
     in_layout,
     max_abs_diff,
@@ -106,6 +107,7 @@ def test_train_mode_outputs_and_running_stats_over_steps(name, size, images):
     kwargs = {"drop_rate": 0.0} if name == "cnn" else {}  # dropout draws differ by design
     reference, model = make_pair(name, **kwargs)
     reference.train()
+    model = committed(model)  # as train_forward's outputs are: one compile for all steps
     for step in range(3):
         x = images(4, 3, *size, seed=step)
         ref = reference(x)
@@ -131,6 +133,10 @@ GRADIENT_CASES = [
     ("resnet18", (48, 48), 4, 115),
     ("cnn", (32, 32), 4, 53),
 ]
+# In float64 at 48x48 only (the max-pool gradient's size above; the matmul lowering of the
+# 32x32 case runs in tests/test_registry.py's float64 train step at 33x33): one fp64
+# compile of ResNet18's gradient costs ~10 s.
+FLOAT64_GRADIENT_CASES = [("resnet18", (48, 48), 4, 115), ("cnn", (32, 32), 4, 53)]
 
 
 def gradient_case(name: str, size: tuple[int, int], batch: int, seed: int, images):
@@ -164,7 +170,7 @@ def test_parameter_gradients_match_autograd(name, size, batch, seed, images):
     assert_gradients_close(ours, reference, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("name", "size", "batch", "seed"), GRADIENT_CASES)
+@pytest.mark.parametrize(("name", "size", "batch", "seed"), FLOAT64_GRADIENT_CASES)
 def test_float64_gradients_match_autograd(name, size, batch, seed, images):
     """Both sides in fp64: the gradients' semantics, exactly, whatever fp32 rounding does (fp64
     rounding, ~1e-16 relative, is far below any ReLU or max-pool margin, so no seed is bad)."""
