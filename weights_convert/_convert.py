@@ -45,11 +45,20 @@ def _bits_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.int64 if tensor.dtype == torch.float64 else torch.int32
 
 
+def _x64() -> bool:
+    return jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64
+
+
 def torch_to_jax(tensor: torch.Tensor, dtype: Any = None, *, copy: bool = False) -> jax.Array:
     """A torch tensor as a JAX array, through DLPack: zero-copy when the tensor is contiguous
     and aligned, else (or with `copy=True`) exactly one copy. `dtype` casts first (used for
-    the int64 -> int32 counter)."""
+    the int64 -> int32 counter; an int64 tensor becomes int32 without x64 anyway)."""
     tensor = tensor.detach()
+    if dtype is None and tensor.dtype == torch.int64 and not _x64():
+        # JAX holds int32 without x64 (a relative position index): cast in torch, once, not
+        # by an XLA conversion whose result a caller would wait on (the torch face's alias
+        # check, `unsafe_buffer_pointer`, hung on it once under load).
+        dtype = torch.int32
     if dtype is not None and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     elif copy or not tensor.is_contiguous():

@@ -13,11 +13,23 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 T = TypeVar("T")
-BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
-# BatchNorm's running statistics. The zoo stores them as the bits of their float values
-# (int32 for float32, int64 for float64; see `zoo.layers.BatchNorm2d`), which Equinox's
-# filters leave out; torch sees them as floats.
-STATISTIC_NAMES = frozenset({"running_mean", "running_var"})
+# torch's buffers (state, not trainable): BatchNorm's, and the attention windows' constant
+# tables (Swin's, MaxViT's `relative_position_index`, integers; Swin V2's float
+# `relative_coords_table`).
+BUFFER_NAMES = frozenset(
+    {
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+        "relative_position_index",
+        "relative_coords_table",
+    }
+)
+# The float buffers the zoo stores as the bits of their values (int32 for float32, int64 for
+# float64; see `zoo.layers.BatchNorm2d`), which Equinox's filters leave out (no gradient, no
+# optimizer update); torch sees them as floats: BatchNorm's running statistics, Swin V2's
+# coordinates table.
+STATISTIC_NAMES = frozenset({"running_mean", "running_var", "relative_coords_table"})
 _FLOAT_OF_BITS = {
     np.dtype(np.int32): np.dtype(np.float32),
     np.dtype(np.int64): np.dtype(np.float64),
@@ -72,7 +84,7 @@ def named_values(model: PyTree) -> dict[str, Any]:
 
 
 def is_buffer_name(name: str) -> bool:
-    """True for BatchNorm buffers (state), False for trainable parameters."""
+    """True for buffers (`BUFFER_NAMES`: state), False for trainable parameters."""
     return name.rsplit(".", 1)[-1] in BUFFER_NAMES
 
 

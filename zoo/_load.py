@@ -268,6 +268,8 @@ def build(
     if framework not in ("jax", "torch", "equinox"):
         raise ValueError(f"framework must be 'jax', 'torch' or 'equinox', not {framework!r}")
     if state_dict is not None:
+        if info.checkpoint_adapter is not None:  # another layout's keys, the options' needs
+            state_dict = info.checkpoint_adapter(state_dict, kwargs)
         _infer(state_dict, info, kwargs)
     model = info.builder(key=jax.random.key(0) if key is None else key, **kwargs)
     if dtype is not None:

@@ -34,6 +34,9 @@ _DEFAULT_CFG: dict[str, Any] = {
 # How the registry-driven tests run a model (beside its config, as timm's `test_input_size`).
 # `(state_dict, kwargs) -> state_dict`: see `ModelInfo.torchvision_checkpoint`.
 CheckpointHook = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+# `(state_dict, kwargs) -> (timm architecture, timm-keyed state_dict, timm model_args)`: see
+# `ModelInfo.timm_layout`.
+TimmLayout = Callable[[dict[str, Any], dict[str, Any]], tuple[str, dict[str, Any], dict[str, Any]]]
 _DEFAULT_TEST_CFG: dict[str, Any] = {"input_size": (3, 33, 33), "slow": False, "any_size": True}
 
 
@@ -68,6 +71,17 @@ class ModelInfo:
       (DenseNet's `norm.1`), set the options its weights need in `kwargs` with `setdefault`
       (Inception's `transform_input=True`). Applied to torchvision downloads only; `None`:
       nothing to do.
+    - `checkpoint_adapter`: `(state_dict, kwargs) -> state_dict`, applied to every
+      checkpoint `zoo.load` builds from: another layout's keys to torchvision's, and what
+      the built options ask for (a ViT's timm keys renamed, its position embeddings
+      interpolated for another `image_size`, or its `image_size` set in `kwargs` with
+      `setdefault` from the checkpoint's); `None`: nothing to do.
+    - `timm_layout`: where timm names the architecture differently (ViT), `(state_dict,
+      kwargs) -> (architecture, state_dict, model_args)`: timm's model name, the state_dict
+      under timm's keys, and the `timm.create_model` options for `kwargs` (the model's
+      `config_kwargs()`, e.g. `img_size`), for `save_pretrained(..., layout="timm")`. It
+      must rename key by key (the export maps the stem's and classifier's paths through it).
+      `None`: timm has no such layout (or, as for ResNet, its keys are torchvision's).
     """
 
     name: str
@@ -79,6 +93,8 @@ class ModelInfo:
     timm_name: str | None = None
     model_class_hint: type | None = None
     torchvision_checkpoint: CheckpointHook | None = None
+    checkpoint_adapter: CheckpointHook | None = None
+    timm_layout: TimmLayout | None = None
 
     @functools.cached_property
     def model_class(self) -> type:
@@ -145,6 +161,8 @@ def register_model(
     timm_name: str | bool | None = None,
     model_class: type | None = None,
     torchvision_checkpoint: CheckpointHook | None = None,
+    checkpoint_adapter: CheckpointHook | None = None,
+    timm_layout: TimmLayout | None = None,
     overwrite: bool = False,
     **pretrained_cfg: Any,
 ) -> ModelInfo:
@@ -158,8 +176,9 @@ def register_model(
       `torch_builder`'s module, so weights convert by name.
     - `torch_builder`: see `ModelInfo`; `"torchvision"` builds `torchvision.models.<name>`
       (its stem convolution rebuilt for another `in_chans`, as timm does).
-    - `torchvision_weights`, `test_cfg`, `timm_name`, `torchvision_checkpoint`: see
-      `ModelInfo` (`timm_name=True`: timm's name is `name`).
+    - `torchvision_weights`, `test_cfg`, `timm_name`, `torchvision_checkpoint`,
+      `checkpoint_adapter`, `timm_layout`: see `ModelInfo` (`timm_name=True`: timm's name
+      is `name`).
     - `model_class`: the class `builder` returns (found by `eqx.filter_eval_shape` if not
       given).
     - `overwrite`: replace an existing entry instead of raising.
@@ -187,6 +206,8 @@ def register_model(
         timm_name,
         model_class,
         torchvision_checkpoint,
+        checkpoint_adapter,
+        timm_layout,
     )
     _REGISTRY[name] = info
     return info

@@ -104,9 +104,9 @@ class _Program:
     `.train()`/`.eval()` is honoured; `grad_mask` says which parameters get gradients.
     Programs are shared by every face of one configuration (`_program`)."""
 
-    def __init__(self, template: Any, call: str):
+    def __init__(self, template: Any, call: str, layouts: tuple[str, str] = ("NCHW", "NCHW")):
         dynamic, static = eqx.partition(template, _is_array)  # arrays or their shapes
-        self.call = call
+        self.call, self.layouts = call, layouts
         self.treedef = jax.tree_util.tree_structure(dynamic)
         leaves = named_arrays(dynamic)
         self.names = list(leaves)
@@ -185,11 +185,16 @@ class _Program:
         if self.call == "model":
             out, new_model = model(x, key=key)
         else:
-            out, new_model = _apply_member(model, x, key)
+            out, new_model = _apply_member(model, x, key, self.layouts)
         if not train:
             return out, jnp.zeros((0,), jnp.float32)
         leaves = jax.tree_util.tree_leaves(eqx.filter(new_model, eqx.is_array))
-        new_buffers = [statistic_value(leaves[i]).reshape(-1) for i in self.buffer_idx]
+        # Bits become the statistics' floats; an integer buffer (Swin's, MaxViT's relative
+        # position index) is no float's bits and stays as it is.
+        new_buffers = [
+            (statistic_value(leaves[i]) if bits else leaves[i]).reshape(-1)
+            for i, bits in zip(self.buffer_idx, self.buffer_bits, strict=True)
+        ]
         if not new_buffers:
             return out, jnp.zeros((0,), jnp.float32)
         # One flat array in the buffers' own dtype (float64 in a float64 face).
@@ -255,23 +260,30 @@ def _call_vjp(vjp: Any, cotangent: Any) -> Any:
     return vjp(cotangent)
 
 
-def _apply_member(layer: Any, x: jax.Array, key: Any) -> tuple[Any, Any]:
-    """One member of torchvision's tree on torch's layout (NCHW images, or flat features)."""
-    image = x.ndim == 4
+def _apply_member(
+    layer: Any, x: jax.Array, key: Any, layouts: tuple[str, str] = ("NCHW", "NCHW")
+) -> tuple[Any, Any]:
+    """One member of torchvision's tree on torch's layout: NCHW images, or flat features, or
+    where `layouts` (the member's torch input and output layouts, from the model class's
+    `torch_layouts`) says so, NHWC maps (torchvision's Swin passes NHWC between its
+    top-level modules)."""
+    image = x.ndim == 4 and layouts[0] == "NCHW"
     y, layer = apply_layer(
         layer, x.transpose(0, 2, 3, 1) if image else x, channels_last=True, key=key
     )
-    return (y.transpose(0, 3, 1, 2) if y.ndim == 4 else y), layer
+    return (y.transpose(0, 3, 1, 2) if y.ndim == 4 and layouts[1] == "NCHW" else y), layer
 
 
 # Faces of one configuration share their programs (and so JAX's compiled executables).
 _PROGRAMS: dict[tuple, _Program] = {}
 
 
-def _program(recipe: "_Recipe", path: str, template: Any) -> _Program:
+def _program(
+    recipe: "_Recipe", path: str, template: Any, layouts: tuple[str, str] = ("NCHW", "NCHW")
+) -> _Program:
     key = (recipe.key, path)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = _Program(template, "model" if not path else "layer")
+        _PROGRAMS[key] = _Program(template, "model" if not path else "layer", layouts)
     return _PROGRAMS[key]
 
 
@@ -677,6 +689,8 @@ class _FaceState:
         `face`; None where the child has no Equinox counterpart a program can run."""
         if path not in self.bindings:
             template = self.template()
+            # The child's torch layouts (in, out), where they are not NCHW (Swin's NHWC).
+            layouts = type(template).torch_layouts.get(path, ("NCHW", "NCHW"))
             if path:
                 sub = getattr(template, path, None)
                 module = face._modules[path]
@@ -685,7 +699,8 @@ class _FaceState:
                     self.bindings[path] = None
                     return None
                 template = sub
-            self.bindings[path] = _Binding(face, path, _program(self.recipe, path, template))
+            program = _program(self.recipe, path, template, layouts)
+            self.bindings[path] = _Binding(face, path, program)
         return self.bindings[path]
 
 
@@ -965,9 +980,14 @@ class TorchModel(nn.Module):
         maps: list[Any] = []
         handles = []
         if self._zoo.recipe.out_indices is not None:
+            to_map = type(self._zoo.template()).torch_feature_map  # a ViT's tokens: a grid
             for info in self.feature_info:
                 module = self.get_submodule(info.module)
-                handles.append(module.register_forward_hook(lambda m, a, out: maps.append(out)))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, a, out, info=info: maps.append(to_map(out, info))
+                    )
+                )
         for top in segments:
             child = self._modules[top]
             child.forward = functools.partial(self._zoo.binding(self, top), self)

@@ -14,13 +14,13 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 import weights_convert as wc
 
-from .._registry import get_model_info
+from .._registry import get_model_info, list_models
 from ..adapters import JaxModel, TorchModel
 from ._sources import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, load_export, read_export
 
@@ -84,7 +84,17 @@ def build_config(
     info = get_model_info(name)
     eqx_model = _equinox_model(model)
     num_classes, in_chans = int(eqx_model.num_classes), int(eqx_model.in_chans)
-    cfg = info.pretrained_cfg | _preprocessing(pretrained_cfg, in_chans)
+    fixed = eqx_model.fixed_input_size()
+    defaults = info.pretrained_cfg
+    if fixed is not None:  # a ViT built for 384 pixels reads 384-pixel crops
+        defaults = defaults | {"input_size": (in_chans, *fixed)}
+    cfg = defaults | _preprocessing(pretrained_cfg, in_chans)
+    if fixed is not None and tuple(cfg["input_size"][1:]) != tuple(fixed):
+        raise ValueError(
+            f"pretrained_cfg['input_size'] is {tuple(cfg['input_size'])}, but this {name} "
+            f"computes at {fixed[0]}x{fixed[1]} only; leave input_size out (it is recorded), "
+            "or build the model for your size (its image_size or input_size option)"
+        )
     if label_names is not None and len(label_names) != num_classes:
         raise ValueError(
             f"label_names has {len(label_names)} entries but the model has {num_classes} "
@@ -108,6 +118,8 @@ def build_config(
         "first_conv": eqx_model.first_conv_path,
         "classifier": eqx_model.classifier_path,
     }
+    if fixed is not None:
+        config["pretrained_cfg"]["fixed_input_size"] = True
     config["zoo"] = {
         "format": FORMAT_VERSION,
         "name": name,
@@ -155,6 +167,32 @@ def _preprocessing(overrides: Mapping[str, Any] | None, in_chans: int) -> dict[s
     return out
 
 
+def to_timm_layout(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict:
+    """Rewrite an export's `config` (in place) and `state_dict` (returned) in timm's names:
+    `architecture` and `model_args` as `timm.create_model` takes them, `first_conv` and
+    `classifier` as timm's paths, `zoo.layout = "timm"`. Refused for architectures without
+    a `timm_layout`."""
+    name = config["zoo"]["name"]
+    info = get_model_info(name)
+    if info.timm_layout is None:
+        offered = [n for n in list_models() if get_model_info(n).timm_layout is not None]
+        raise ValueError(
+            f"{name!r} has no timm layout: export it with layout='torchvision' (timm reads "
+            "those where its names are torchvision's, as for ResNet). Architectures with "
+            f"one: {', '.join(offered) or 'none'}"
+        )
+    architecture, timm_state, model_args = info.timm_layout(state_dict, config["zoo"]["kwargs"])
+    cfg = config["pretrained_cfg"]
+    for field in ("first_conv", "classifier"):  # the layout renames key by key
+        probe = {f"{cfg[field]}.weight": state_dict.get(f"{cfg[field]}.weight")}
+        (renamed,) = info.timm_layout(probe, config["zoo"]["kwargs"])[1]
+        cfg[field] = renamed.removesuffix(".weight")
+    config["architecture"] = architecture
+    config["model_args"] = model_args
+    config["zoo"]["layout"] = "timm"
+    return timm_state
+
+
 def build_card(
     config: Mapping[str, Any],
     *,
@@ -168,6 +206,7 @@ def build_card(
     from huggingface_hub import ModelCardData
 
     name = config["zoo"]["name"]
+    timm_layout = config["zoo"].get("layout") == "timm"
     data = ModelCardData(
         library_name="equizoo",
         tags=["image-classification", "equizoo", "jax", "equinox", "pytorch", name, *(tags or [])],
@@ -187,7 +226,12 @@ def build_card(
         "",
         f"`{name}` ({config['num_classes']} classes, {cfg['input_size'][0]} input channels), "
         "exported by [equizoo](https://pypi.org/project/equizoo/). `model.safetensors` holds "
-        "torchvision's state_dict keys and layout; `config.json` is in timm's shape.",
+        + (
+            f"timm's `{config['architecture']}` state_dict keys"
+            if timm_layout
+            else "torchvision's state_dict keys and layout"
+        )
+        + "; `config.json` is in timm's shape.",
         "",
         "## Usage",
         "",
@@ -198,7 +242,18 @@ def build_card(
         "```",
         "",
     ]
-    if get_model_info(name).torchvision_weights is not None:
+    if timm_layout:
+        lines += [
+            "With timm alone:",
+            "",
+            "```python",
+            "import timm",
+            "",
+            'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)',
+            "```",
+            "",
+        ]
+    elif get_model_info(name).torchvision_weights is not None:
         lines += [
             "With torchvision alone:",
             "",
@@ -533,6 +588,7 @@ def save_pretrained(
     metrics: Mapping[str, float] | None = None,
     tags: Sequence[str] | None = None,
     overwrite: bool = False,
+    layout: Literal["torchvision", "timm"] = "torchvision",
 ) -> Path:
     """Write a Hub-ready folder: `model.safetensors`, `config.json` and `README.md`.
 
@@ -560,6 +616,11 @@ def save_pretrained(
     - `overwrite`: replace an existing `directory` that is an export (only `config.json`
       with a `zoo` section, `model.safetensors` and `README.md`; anything else is refused
       and nothing is deleted), still in one step.
+    - `layout`: `"torchvision"` (torchvision's keys; timm reads them where its names are
+      torchvision's, as for ResNet) or `"timm"`, for architectures timm names differently
+      (ViT: `zoo.get_model_info(name).timm_layout`): timm's keys, model name and options,
+      so `timm.create_model("local-dir:...", pretrained=True)` builds and loads it;
+      `zoo.load` reads both.
 
     **Returns:** the path of the folder written.
 
@@ -577,6 +638,10 @@ def save_pretrained(
         model_kwargs=model_kwargs,
         pretrained_cfg=pretrained_cfg,
     )
+    if layout == "timm":
+        state_dict = to_timm_layout(config, state_dict)
+    elif layout != "torchvision":
+        raise ValueError(f"layout must be 'torchvision' or 'timm', not {layout!r}")
     card = build_card(
         config, repo_id=repo_id, license=license, datasets=datasets, metrics=metrics, tags=tags
     )

@@ -660,9 +660,11 @@ def load_export(
         k: v for k, v in {"num_classes": num_classes, "in_chans": in_chans}.items() if v is not None
     }
     _load.check_counts(**explicit)
-    _check_counts(config, state_dict, info, files, explicit)
     options = {k: v for k, v in load_kwargs.items() if k not in _load.LOAD_OPTIONS}
     model_options = build_kwargs(config) | options | explicit
+    if info.checkpoint_adapter is not None:  # timm's keys (a layout="timm" export) and the like
+        state_dict = info.checkpoint_adapter(state_dict, model_options)
+    _check_counts(config, state_dict, info, files, explicit)
     _check_shapes_before_building(info, model_options, state_dict, files, explicit, strict)
     try:
         return _load.build(

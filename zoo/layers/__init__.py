@@ -8,6 +8,7 @@ from ._activation import (
     ReLU6 as ReLU6,
     Sigmoid as Sigmoid,
     SiLU as SiLU,
+    Tanh as Tanh,
     gelu as gelu,
     hardsigmoid as hardsigmoid,
     hardswish as hardswish,

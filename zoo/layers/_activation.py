@@ -135,3 +135,9 @@ class Sigmoid(_Activation):
     """`torch.nn.Sigmoid`."""
 
     fn = staticmethod(jax.nn.sigmoid)
+
+
+class Tanh(_Activation):
+    """`torch.nn.Tanh` (a ViT's `heads.act`, MaxViT's classifier)."""
+
+    fn = staticmethod(jnp.tanh)

@@ -49,6 +49,7 @@ from ._inception import (
     InceptionOutputs as InceptionOutputs,
     inception_v3 as inception_v3,
 )
+from ._maxvit import MaxVit as MaxVit, maxvit_t as maxvit_t
 from ._mnasnet import (
     MNASNet as MNASNet,
     mnasnet0_5 as mnasnet0_5,
@@ -109,6 +110,15 @@ from ._squeezenet import (
     squeezenet1_0 as squeezenet1_0,
     squeezenet1_1 as squeezenet1_1,
 )
+from ._swin import (
+    SwinTransformer as SwinTransformer,
+    swin_b as swin_b,
+    swin_s as swin_s,
+    swin_t as swin_t,
+    swin_v2_b as swin_v2_b,
+    swin_v2_s as swin_v2_s,
+    swin_v2_t as swin_v2_t,
+)
 from ._vgg import (
     VGG as VGG,
     vgg11 as vgg11,
@@ -119,6 +129,16 @@ from ._vgg import (
     vgg16_bn as vgg16_bn,
     vgg19 as vgg19,
     vgg19_bn as vgg19_bn,
+)
+from ._vit import (
+    VisionTransformer as VisionTransformer,
+    timm_vit_to_torchvision as timm_vit_to_torchvision,
+    torchvision_vit_to_timm as torchvision_vit_to_timm,
+    vit_b_16 as vit_b_16,
+    vit_b_32 as vit_b_32,
+    vit_h_14 as vit_h_14,
+    vit_l_16 as vit_l_16,
+    vit_l_32 as vit_l_32,
 )
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import abc
 import copy
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import equinox as eqx
 import jax
@@ -142,6 +142,15 @@ class ZooModel(eqx.Module):
     - `head_modules`: the top-level fields `forward_head` uses (the classifier and any
       dropout before it); a frozen backbone keeps everything else in eval mode.
     - `global_pool`: timm's name for the pooling (`"avg"`).
+    - `output_fmt`: the layout `forward_features` returns and `forward_head` reads (timm's
+      term): `"NCHW"` (a feature map, the default), or `"NLC"` for token models (a ViT's
+      `(batch, tokens, channels)`), whose `feature_info` maps are still NCHW grids.
+    - `torch_layouts`: the `(input, output)` layouts of the top-level modules that torch's
+      forward passes anything but NCHW maps or flat features (Swin's `features` and `norm`
+      pass NHWC), for the torch face computing one of them on its own; `{}` by default.
+    - `torch_feature_map`: turns the output of a `feature_info` module, as the torch face's
+      fallback collects it with a hook, into the map `forward_intermediates` returns
+      (identity by default; a ViT's drops the class token and makes its tokens a grid).
 
     **Fields:** `num_features` (the channels `forward_head` pools), `feature_info` (a
     `FeatureInfo` per map `forward_intermediates` offers), `out_indices` (`None`; set by
@@ -158,6 +167,14 @@ class ZooModel(eqx.Module):
     num_features: eqx.AbstractVar[int]
     feature_info: eqx.AbstractVar[tuple[FeatureInfo, ...]]
     out_indices: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True)
+    output_fmt: ClassVar[str] = "NCHW"
+    torch_layouts: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    @classmethod
+    def torch_feature_map(cls, output: Any, info: FeatureInfo) -> Any:
+        """The map (a torch tensor, NCHW) of `info`'s module whose `output` a hook took."""
+        del info
+        return output
 
     # -- what an architecture implements ---------------------------------------------------
     @abc.abstractmethod
@@ -232,6 +249,12 @@ class ZooModel(eqx.Module):
         """Constructor options a state_dict does not pin down but a rebuild needs (e.g. a
         dropout rate); recorded in exported configs. None by default."""
         return {}
+
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The `(height, width)` the model was built for, where it computes at no other size
+        (a ViT's `image_size`, MaxViT's `input_size`; timm's `fixed_input_size`); `None`
+        for a model that takes any size. Exports record it as the input size."""
+        return None
 
     @property
     def selected_feature_info(self) -> tuple[FeatureInfo, ...]:
