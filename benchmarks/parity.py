@@ -4,8 +4,9 @@ measured eval parity with its torch twin (torchvision's model), in fp32 and floa
     python -m benchmarks.parity [--models resnet18,convnext_tiny] [--max-params 150]
                                 [--out artifacts/parity.md]
 
-Each model gets random weights and randomised BatchNorm statistics (the tests' recipe,
-`tests/conftest.py`), and a batch of 2 at its `test_cfg["input_size"]`. Columns: the zoo's
+Each model gets random weights (none constant) and randomised BatchNorm statistics (the
+tests' recipe, `tests/conftest.py`), and a batch of 2 at its `test_cfg["input_size"]`, built
+with its `test_cfg["kwargs"]` (a ViT's `image_size`). Columns: the zoo's
 fp32 logits against torch's fp32 logits, torch's own fp32 error (its fp32 against its fp64
 logits: the scale of rounding at that depth) and the zoo's float64 logits against torch's
 float64 logits (the same computation: ~1e-13). Models over `--max-params` million
@@ -25,7 +26,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from conftest import eval_logits, randomize_batchnorm, to_float64  # noqa: E402
+from conftest import (  # noqa: E402
+    eval_logits,
+    randomize_batchnorm,
+    randomize_constant_parameters,
+    to_float64,
+)
 
 import zoo  # noqa: E402
 
@@ -45,10 +51,12 @@ def parameter_count(name: str) -> int:
 
 def measure(name: str) -> dict[str, float]:
     info = zoo.get_model_info(name)
-    torch.manual_seed(0)
-    reference = randomize_batchnorm(info.torch_builder(), 0).eval()
-    model = zoo.load(name, framework="equinox", weights=reference.state_dict())
     channels, height, width = info.test_cfg["input_size"]
+    options = dict(info.test_cfg.get("kwargs", {}))  # what the test size needs (image_size)
+    torch.manual_seed(0)
+    reference = randomize_constant_parameters(info.torch_builder(**options), 0)
+    reference = randomize_batchnorm(reference, 0, size=(height, width)).eval()
+    model = zoo.load(name, framework="equinox", weights=reference.state_dict(), **options)
     x = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref32 = reference(x).numpy()

@@ -55,6 +55,14 @@ FAMILY_MODELS = (
     "vgg16",
     "alexnet",
     "squeezenet1_1",
+    "densenet121",
+    "shufflenet_v2_x1_0",
+    "mnasnet1_0",
+    "googlenet",
+    "inception_v3",
+    "vit_b_16",
+    "swin_t",
+    "maxvit_t",
 )
 TITLES = {"resnet18": "ResNet18", "cnn": "SmallCNN"}
 

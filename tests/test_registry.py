@@ -45,8 +45,10 @@ def _reference_state(name: str, seed: int, options: tuple) -> dict[str, torch.Te
     torch.manual_seed(seed)
     info = zoo.get_model_info(name)
     reference = randomize_constant_parameters(info.torch_builder(**dict(options)), seed)
-    # BatchNorm statistics measured on inputs of the size the tests use.
-    reference = randomize_batchnorm(reference, seed, size=info.test_cfg["input_size"][1:])
+    # BatchNorm statistics measured at 64x64 (8 values a channel at 33x33's 1x1 maps gave
+    # EfficientNet tiny variances and logits of ~1e2), or the one size a model takes.
+    size = None if info.test_cfg["any_size"] else info.test_cfg["input_size"][1:]
+    reference = randomize_batchnorm(reference, seed, size=size)
     return {k: v.detach().clone() for k, v in reference.state_dict().items()}
 
 
@@ -86,13 +88,20 @@ def sample_input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 def fp32_tolerance(reference: torch.nn.Module, x: torch.Tensor) -> float:
     """1e-5, or twice torchvision's own fp32 error on `x` (its fp32 against its fp64 logits)
-    where that is larger: the bar for two fp32 computations that sum in different orders."""
+    where that is larger: the bar for an fp32 result against torchvision's fp64 one."""
+    ref32, ref64 = torch_logits(reference, x)
+    return max(1e-5, 2 * float((ref32.double() - ref64).abs().max()))
+
+
+def torch_logits(reference: torch.nn.Module, x: torch.Tensor) -> tuple:
+    """torchvision's eval-mode logits on `x`, in fp32 and in float64 (the model is left in
+    fp32)."""
     reference = reference.eval()
     with torch.no_grad():
         ref32 = reference(x)
         ref64 = reference.double()(x.double())
     reference.float()
-    return max(1e-5, 2 * float((ref32.double() - ref64).abs().max()))
+    return ref32, ref64
 
 
 def no_dropout(name: str) -> dict:
@@ -210,17 +219,17 @@ def assert_close_in_chunks(actual, expected: np.ndarray, *, rtol: float, atol: f
 # -- faces --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", DEFAULT)
 def test_both_faces_compute_torchvisions_logits(name):
-    """Each face against torchvision's fp32 logits (the Equinox model's own parity is
-    `test_eval_parity`'s; one compile fewer than comparing the faces with it)."""
+    """Each face against torchvision's float64 logits, within twice torchvision's own fp32
+    error (the Equinox model's own parity is `test_eval_parity`'s; one compile fewer than
+    comparing the faces with it)."""
     reference, model = reference_pair(name)
     x = sample_input(name)
-    with torch.no_grad():
-        expected = reference.eval()(x)
+    ref32, expected = torch_logits(reference, x)
     jax_face = zoo.JaxModel(model, name=name)
     torch_face = zoo.TorchModel(model, name=name)
     # The JAX face reads HWIO kernels and the torch face compiles with zoo.jit's options:
     # both may reorder a convolution's sums, which deep nets amplify as torch's fp32 does.
-    tol = fp32_tolerance(reference, x)
+    tol = max(1e-5, 2 * float((ref32.double() - expected).abs().max()))
     assert max_abs_diff(jax_face(x.numpy()), expected) <= tol
     # The torch face is the twin's own module tree, in train mode as torch builds models.
     assert isinstance(torch_face, type(reference)) and torch_face.training
@@ -243,7 +252,8 @@ def test_both_faces_compute_torchvisions_logits(name):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error", zoo.ZooTorchFallbackWarning)
         hooked = torch_face(x)
-        assert max_abs_diff(hooked, reference(x)) <= tol
+        assert max_abs_diff(hooked, expected) <= tol
+        reference(x)  # its hooks record torchvision's module outputs
     assert [n for n, _ in seen["ours"]] == [n for n, _ in seen["theirs"]]
     for (n, ours), (_, theirs) in zip(seen["ours"], seen["theirs"], strict=True):
         # Each module's own output, relative to its size, 1e-4: the logits above carry the
@@ -279,6 +289,13 @@ def _head(model, features):
     return model.forward_head(features)
 
 
+def _abstract_load(name: str, **kwargs):
+    """`zoo.load(name, framework="equinox", **kwargs)` as shapes, built under
+    `eqx.filter_eval_shape`: nothing is drawn (VGG's 133M parameters take seconds)."""
+    options = built_for_test(name) | kwargs
+    return eqx.filter_eval_shape(lambda: zoo.load(name, framework="equinox", **options))
+
+
 @pytest.mark.parametrize("name", DEFAULT)
 def test_contract_head_and_classifier(name):
     model = zoo.load(name, framework="equinox", num_classes=7, **built_for_test(name))
@@ -297,12 +314,20 @@ def test_contract_head_and_classifier(name):
     five = model.reset_classifier(5, key=jax.random.key(3))
     assert five.num_classes == 5 and _head(five, features).shape == (2, 5)
     assert _shape(five, x) == (2, 5)
-    headless = zoo.load(name, num_classes=0, **built_for_test(name)).model
-    assert _shape(headless, x) == (2, model.head_hidden_size)
-    grey = zoo.load(name, framework="equinox", in_chans=1, num_classes=7, **built_for_test(name))
+    assert _shape(_abstract_load(name, num_classes=0), x) == (2, model.head_hidden_size)
+    grey = _abstract_load(name, in_chans=1, num_classes=7)
     assert grey.in_chans == 1 and _shape(grey, x[:, :1]) == (2, 7)
     with pytest.raises(ValueError, match="input channels"):
         grey(x)
+
+
+@eqx.filter_jit
+def _maps_and_features(model, x):
+    """Every map, the last two maps with the final features, and `forward_features`, from
+    one compile (XLA merges the three forwards, identical up to where each stops)."""
+    maps, _ = model.forward_intermediates(x, intermediates_only=True)
+    final_and_last_two, _ = model.forward_intermediates(x, indices=2)
+    return maps, final_and_last_two, model.forward_features(x)[0]
 
 
 @pytest.mark.parametrize("name", DEFAULT)
@@ -311,15 +336,14 @@ def test_feature_info_describes_the_maps(name):
     test_cfg = zoo.get_model_info(name).test_cfg
     size = 64 if test_cfg["any_size"] else test_cfg["input_size"][1]
     x = jnp.zeros((2, 3, size, size))
-    face = zoo.JaxModel(model, name=name)  # the contract's methods, jitted
-    maps = face.forward_intermediates(x, intermediates_only=True)
+    maps, (final, last_two), features = _maps_and_features(model, x)
     assert len(maps) == len(model.feature_info)
     for info, fmap in zip(model.feature_info, maps, strict=True):
         side = size // info.reduction
         assert fmap.shape == (2, info.num_chs, side, side), info
-    final, last_two = face.forward_intermediates(x, indices=2)
     assert all(max_abs_diff(a, b) == 0.0 for a, b in zip(last_two, maps[-2:], strict=True))
-    assert max_abs_diff(final, face.forward_features(x)) == 0.0
+    assert max_abs_diff(final, features) == 0.0
+    face = zoo.JaxModel(model, name=name)
     (final_early, early), _ = eqx.filter_eval_shape(
         lambda m, x: m.forward_intermediates(x, indices=[0, -2], stop_early=True), model, x
     )
@@ -336,7 +360,8 @@ def test_feature_info_describes_the_maps(name):
     ).eval()
     with torch.no_grad():
         (first,) = torch_face(torch.zeros(2, 3, size, size))
-    assert max_abs_diff(first, maps[0]) <= 1e-6
+    # Two compiled programs (the maps' fuses three forwards): fp32 rounding apart.
+    assert max_abs_diff(first, maps[0]) <= 1e-5
 
 
 @pytest.mark.parametrize("name", WITH_TIMM)
