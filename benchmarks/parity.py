@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from conftest import (  # noqa: E402
     eval_logits,
     randomize_batchnorm,
-    randomize_constant_parameters,
+    randomize_parameters,
     to_float64,
 )
 
@@ -54,7 +54,7 @@ def measure(name: str) -> dict[str, float]:
     channels, height, width = info.test_cfg["input_size"]
     options = dict(info.test_cfg.get("kwargs", {}))  # what the test size needs (image_size)
     torch.manual_seed(0)
-    reference = randomize_constant_parameters(info.torch_builder(**options), 0)
+    reference = randomize_parameters(info.torch_builder(**options), 0)
     reference = randomize_batchnorm(reference, 0, size=(height, width)).eval()
     model = zoo.load(name, framework="equinox", weights=reference.state_dict(), **options)
     x = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))

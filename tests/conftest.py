@@ -129,18 +129,20 @@ def committed(tree: Any) -> Any:
     return eqx.combine(jax.device_put(arrays, jax.devices()[0]), rest)
 
 
-def randomize_constant_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter that torch initialises to a single value a random one: a
-    constant hides a swapped, transposed or missing array (torchvision's ViT head is zeros,
-    so its logits would be zeros on both sides whatever the body computed; ConvNeXt's layer
-    scale of 1e-6 silences its blocks; LayerNorm's ones and zeros commute with a transpose).
-    Scales (1-D weights) become 1 + N(0, 0.2²), matrices and kernels N(0, 1/fan_in) so
-    activations stay O(1), the rest (biases, tokens, layer scales) N(0, 0.1²). Parameters
-    drawn at random already keep their values."""
+def randomize_parameters(
+    model: torch.nn.Module, seed: int = 0, *, only_constant: bool = True
+) -> torch.nn.Module:
+    """Give every parameter that torch initialises to a single value (or, with
+    `only_constant=False`, every parameter) a random one: a constant hides a swapped,
+    transposed or missing array (torchvision's ViT head is zeros, so its logits would be
+    zeros on both sides whatever the body computed; ConvNeXt's layer scale of 1e-6 silences
+    its blocks; LayerNorm's ones and zeros commute with a transpose). Scales (1-D weights)
+    become 1 + N(0, 0.2²), matrices and kernels N(0, 1/fan_in) so activations stay O(1), the
+    rest (biases, tokens, position embeddings, layer scales) N(0, 0.1²)."""
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.numel() > 1 and bool((p != p.reshape(-1)[0]).any()):
+            if only_constant and p.numel() > 1 and bool((p != p.reshape(-1)[0]).any()):
                 continue
             noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
             if p.ndim == 1 and name.endswith("weight"):

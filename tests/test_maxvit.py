@@ -157,7 +157,7 @@ def test_maxvit_t_at_224_float64():
     """maxvit_t as torchvision builds it (224x224, 7x7 partitions, blocks of 2, 2, 5, 2
     layers), eval mode, float64."""
     torch.manual_seed(0)
-    reference = randomize_batchnorm_at_224(_torchvision_maxvit_t())
+    reference = randomize_batchnorm(_torchvision_maxvit_t(), size=(224, 224))
     model = zoo.load("maxvit_t", framework="equinox", weights=reference.state_dict())
     assert sum(p.numel() for p in reference.parameters()) == 30919624  # torchvision's meta
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -168,18 +168,3 @@ def test_maxvit_t_at_224_float64():
             zoo.eval_mode(to_float64(model)), jnp.asarray(x.double().numpy())
         )
     assert float(np.abs(np.asarray(ours) - expected).max()) <= 1e-10
-
-
-def randomize_batchnorm_at_224(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """conftest's `randomize_batchnorm` calibrates at 64x64, which maxvit_t (built for
-    224x224) cannot take: random affine parameters and plausible statistics instead."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
-    return model

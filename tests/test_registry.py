@@ -24,7 +24,7 @@ from conftest import (
     eval_logits,
     max_abs_diff,
     randomize_batchnorm,
-    randomize_constant_parameters,
+    randomize_parameters,
     to_float64,
 )
 
@@ -44,7 +44,7 @@ def _reference_state(name: str, seed: int, options: tuple) -> dict[str, torch.Te
     the large models (VGG)."""
     torch.manual_seed(seed)
     info = zoo.get_model_info(name)
-    reference = randomize_constant_parameters(info.torch_builder(**dict(options)), seed)
+    reference = randomize_parameters(info.torch_builder(**dict(options)), seed)
     # BatchNorm statistics measured at 64x64 (8 values a channel at 33x33's 1x1 maps gave
     # EfficientNet tiny variances and logits of ~1e2), or the one size a model takes.
     size = None if info.test_cfg["any_size"] else info.test_cfg["input_size"][1:]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import committed, max_abs_diff, to_float64
+from conftest import committed, max_abs_diff, randomize_parameters, to_float64
 from torchvision.models import vision_transformer as tv_vit
 
 import weights_convert as wc
@@ -42,19 +42,8 @@ def _load_tiny(state_dict, **kwargs):
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter random (the head's zeros, the LayerNorms' ones and the class token's
-    zeros would hide a swapped or missing array): matrices and kernels `N(0, 1/fan_in)`, so
-    activations stay O(1) at any width, LayerNorm scales around 1, the rest `N(0, 0.1²)`."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-            if p.ndim == 1 and name.endswith("weight"):  # a LayerNorm's scale
-                p.copy_(1 + 0.2 * noise)
-            elif p.ndim >= 2 and name.endswith("weight"):
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:  # biases, the class token, the position embeddings
-                p.copy_(0.1 * noise)
-    return model
+    zeros would hide a swapped or missing array), at scales that keep activations O(1)."""
+    return randomize_parameters(model, seed, only_constant=False)
 
 
 def _tiny_torchvision(image_size: int = 32, seed: int = 0, **options) -> torch.nn.Module:
