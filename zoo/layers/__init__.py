@@ -16,7 +16,10 @@ from ._activation import (
     relu6 as relu6,
     silu as silu,
 )
-from ._attention import dot_product_attention as dot_product_attention
+from ._attention import (
+    dot_product_attention as dot_product_attention,
+    relative_position_index as relative_position_index,
+)
 from ._conv import Conv2d as Conv2d, lowers_to_matmul as lowers_to_matmul
 from ._dropout import Dropout as Dropout
 from ._init import (
@@ -24,6 +27,7 @@ from ._init import (
     normal as normal,
     torch_default_uniform as torch_default_uniform,
     uniform as uniform,
+    with_initial_weight as with_initial_weight,
     zeros as zeros,
 )
 from ._layernorm import (
@@ -50,4 +54,5 @@ from ._sequential import (
     NamedSequential as NamedSequential,
     apply_layer as apply_layer,
     run_sequential as run_sequential,
+    split_keys as split_keys,
 )

@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
@@ -60,3 +61,14 @@ def _fused_attention(query, key, value, bias, *, scale):
             (query.shape[0], query.shape[2], query.shape[1], key.shape[1]),
         )
     return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=scale)
+
+
+def relative_position_index(height: int, width: int) -> np.ndarray:
+    """torchvision's relative position index of a `height x width` attention window (Swin's
+    `define_relative_position_index`, MaxViT's `_get_relative_position_index`): for each
+    pair of positions, the row of the `(2 height - 1) (2 width - 1)` bias table that holds
+    their offset. Shape `(height width, height width)`, int64 as torch's."""
+    coords = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"))
+    flat = coords.reshape(2, -1)
+    relative = (flat[:, :, None] - flat[:, None, :]).transpose(1, 2, 0)
+    return (relative[..., 0] + height - 1) * (2 * width - 1) + relative[..., 1] + width - 1

@@ -69,6 +69,11 @@ def apply_layer(
     )
 
 
+def split_keys(key: PRNGKeyArray | None, n: int) -> list[PRNGKeyArray | None]:
+    """`n` keys split from `key`, or `n` `None`s without one (eval mode needs none)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
 def run_sequential(
     layers: Sequence[Any],
     x: Array,
@@ -86,7 +91,7 @@ def run_sequential(
 
     **Returns:** `(y, layers)`, the members carrying their updated buffers.
     """
-    keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    keys = split_keys(key, len(layers))
     new = []
     for layer, k in zip(layers, keys, strict=True):
         x, layer = apply_layer(layer, x, channels_last=channels_last, key=k)
@@ -174,7 +179,7 @@ class NamedSequential:
     def __call__(
         self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
     ) -> tuple[Array, "NamedSequential"]:
-        keys = [None] * len(self) if key is None else list(jax.random.split(key, len(self)))
+        keys = split_keys(key, len(self))
         new = []
         for layer, k in zip(self._layers, keys, strict=True):
             x, layer = apply_layer(layer, x, channels_last=channels_last, key=k)

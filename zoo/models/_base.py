@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..layers import Dropout, Linear, apply_layer, run_sequential
+from ..layers import Dropout, Linear, apply_layer, run_sequential, split_keys
 from ._checks import check_image_batch
 
 
@@ -103,7 +103,7 @@ def run_stages(
     did not run unchanged).
     """
     last = ends[depth - 1]
-    keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    keys = split_keys(key, len(layers))
     maps, new = [], list(layers)
     for i in range(last + 1):
         x, new[i] = apply_layer(layers[i], x, channels_last=True, key=keys[i])

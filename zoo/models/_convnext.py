@@ -28,7 +28,7 @@ from ..layers import (
     LayerNorm2d,
     Linear,
     StochasticDepth,
-    zeros,
+    with_initial_weight,
 )
 from ..layers._init import numpy_rng
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
@@ -55,14 +55,10 @@ def trunc_normal(
 
 
 def _init_weights(cls: type[T], *args, keys: Iterator[PRNGKeyArray], **kwargs) -> T:
-    """`cls(*args, **kwargs)`, a `Conv2d` or `Linear`, as torchvision's ConvNeXt initialises
-    it: weight `trunc_normal_(std=0.02)`, bias zero. Built as shapes first: torch's default
-    draws would be thrown away (a third of the build time)."""
-    layer = eqx.filter_eval_shape(cls, *args, key=next(keys), **kwargs)
-    weight = trunc_normal(next(keys), layer.weight.shape, 0.02)
-    bias = None if layer.bias is None else zeros(layer.bias.shape)
-    return eqx.tree_at(
-        lambda m: (m.weight, m.bias), layer, (weight, bias), is_leaf=lambda x: x is None
+    """`cls(*args, **kwargs)`, a `Conv2d` or `Linear`, as torchvision's ConvNeXt (and Swin)
+    initialises it: weight `trunc_normal_(std=0.02)`, bias zero."""
+    return with_initial_weight(
+        cls, *args, keys=keys, weight=lambda k, shape: trunc_normal(k, shape, 0.02), **kwargs
     )
 
 

@@ -33,6 +33,7 @@ from ..layers import (
     ReLU,
     normal,
     relu,
+    split_keys,
     zeros,
 )
 from ._base import FeatureInfo, ZooModel, run_stages
@@ -152,7 +153,7 @@ class DenseBlock(NamedSequential):
     def __call__(
         self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
     ) -> tuple[Array, "DenseBlock"]:
-        keys = [None] * len(self) if key is None else list(jax.random.split(key, len(self)))
+        keys = split_keys(key, len(self))
         features, new = [x], []
         for layer, k in zip(self, keys, strict=True):
             y, layer = layer(features, channels_last=channels_last, key=k)

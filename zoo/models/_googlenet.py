@@ -31,6 +31,7 @@ from ..layers import (
     apply_layer,
     normal,
     relu,
+    split_keys,
 )
 from ._base import FeatureInfo, ZooModel, _is_none, classifier_head
 from ._mobilenetv2 import _keys
@@ -250,7 +251,7 @@ class AuxTrunk(ZooModel):
             for after, name in self.aux_after.items()
             if with_aux and getattr(self, name) is not None and is_training(getattr(self, name))
         }
-        keys = [None] * len(self.trunk) if key is None else jax.random.split(key, len(self.trunk))
+        keys = split_keys(key, len(self.trunk))
         x = self._transform_input(x)
         maps, aux, updated = [], {}, {}
         for i, name in enumerate(self.trunk[: ends[depth - 1] + 1]):

@@ -40,8 +40,10 @@ from ..layers import (
     Tanh,
     dot_product_attention,
     normal,
+    relative_position_index,
     run_sequential,
-    zeros,
+    split_keys,
+    with_initial_weight,
 )
 from ._base import FeatureInfo, ZooModel, classifier_head
 from ._convnext import Flatten, trunc_normal
@@ -56,13 +58,9 @@ _BN = {"eps": 1e-3, "momentum": 0.01}
 
 def _init(cls: type[T], *args, keys: Iterator[PRNGKeyArray], **kwargs) -> T:
     """`cls(*args, **kwargs)`, a `Conv2d` or `Linear`, as torchvision's `MaxVit._init_weights`
-    leaves it: weight `normal_(std=0.02)`, bias zero. Built as shapes first: torch's default
-    draws would be thrown away."""
-    layer = eqx.filter_eval_shape(cls, *args, key=next(keys), **kwargs)
-    weight = normal(next(keys), layer.weight.shape, 0.02)
-    bias = None if layer.bias is None else zeros(layer.bias.shape)
-    return eqx.tree_at(
-        lambda m: (m.weight, m.bias), layer, (weight, bias), is_leaf=lambda x: x is None
+    leaves it: weight `normal_(std=0.02)`, bias zero."""
+    return with_initial_weight(
+        cls, *args, keys=keys, weight=lambda k, shape: normal(k, shape, 0.02), **kwargs
     )
 
 
@@ -78,18 +76,6 @@ def _block_input_shapes(input_size: tuple[int, int], n_blocks: int) -> list[tupl
         shape = _conv_output_shape(shape, 3, 2, 1)
         shapes.append(shape)
     return shapes
-
-
-def relative_position_index(height: int, width: int) -> np.ndarray:
-    """torchvision's `_get_relative_position_index`: for each pair of the `height * width`
-    window positions, the row of the bias table holding their offset."""
-    coords = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"))
-    flat = coords.reshape(2, -1)
-    rel = (flat[:, :, None] - flat[:, None, :]).transpose(1, 2, 0)
-    rel[:, :, 0] += height - 1
-    rel[:, :, 1] += width - 1
-    rel[:, :, 0] *= 2 * width - 1
-    return rel.sum(-1)
 
 
 def _conv_bn_act(keys, in_channels, out_channels, kernel, stride=1, groups=1) -> tuple:
@@ -324,7 +310,7 @@ class PartitionAttentionLayer(Layer):
     def __call__(
         self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
     ) -> tuple[Array, Self]:
-        keys = [None] * 4 if key is None else list(jax.random.split(key, 4))
+        keys = split_keys(key, 4)
         if not channels_last:
             x = x.transpose(0, 2, 3, 1)
         gh, gw = self.grid_size[0] // self.p, self.grid_size[1] // self.p
@@ -602,7 +588,7 @@ class MaxVit(ZooModel):
                 f"zoo.load('maxvit_t', input_size=({height}, {width})) (each block's map must "
                 f"divide by partition_size={self.partition_size}; pass partition_size= too)."
             )
-        keys = [None] * 5 if key is None else list(jax.random.split(key, 5))
+        keys = split_keys(key, 5)
         x, stem = run_sequential(self.stem, x, channels_last=True, key=keys[0])
         maps, blocks = [x], list(self.blocks)
         for i in range(depth - 1):

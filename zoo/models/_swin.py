@@ -32,7 +32,9 @@ from ..layers import (
     ReLU,
     StochasticDepth,
     dot_product_attention,
+    relative_position_index,
     run_sequential,
+    split_keys,
 )
 from ..layers._flags import inference_flag
 from ..layers._norm import statistic_value
@@ -42,19 +44,6 @@ from ._mobilenetv2 import _keys
 
 if TYPE_CHECKING:
     import torch
-
-
-def _split(key: PRNGKeyArray | None, n: int) -> list:
-    return [None] * n if key is None else list(jax.random.split(key, n))
-
-
-def relative_position_index(window_size: tuple[int, int]) -> np.ndarray:
-    """torchvision's `define_relative_position_index`: for each pair of a window's tokens,
-    the row of the `(2 Wh - 1) (2 Ww - 1)` relative-position table, flattened (`Wh Ww Wh Ww`)."""
-    wh, ww = window_size
-    coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")).reshape(2, -1)
-    relative = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
-    return ((relative[..., 0] + wh - 1) * (2 * ww - 1) + relative[..., 1] + ww - 1).reshape(-1)
 
 
 def relative_coords_table(window_size: tuple[int, int]) -> np.ndarray:
@@ -149,7 +138,7 @@ def shifted_window_attention(
     if shifted:
         mask = jnp.asarray(_shift_mask((ph, pw), window_size, shift), x.dtype)
         attn_bias = jnp.tile(attn_bias + mask, (b, 1, 1, 1))  # window w of image i: i W + w
-    attn_key, drop_key = _split(key, 2)
+    attn_key, drop_key = split_keys(key, 2)
     if attention_dropout.p and not inference_flag(attention_dropout.inference, "Dropout"):
         # Dropout on the weights: the formula, as torch computes it.
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(scale, x.dtype) + attn_bias
@@ -229,7 +218,7 @@ class ShiftedWindowAttention(eqx.Module):
         entries = (2 * self.window_size[0] - 1) * (2 * self.window_size[1] - 1)
         self.relative_position_bias_table = trunc_normal(next(keys), (entries, num_heads), 0.02)
         self.relative_position_index = jax.device_put(
-            relative_position_index(self.window_size).astype(np.int32)
+            relative_position_index(*self.window_size).reshape(-1).astype(np.int32)
         )
         self.attn_drop = Dropout(attention_dropout)
         self.proj_drop = Dropout(dropout)
@@ -304,7 +293,7 @@ class ShiftedWindowAttentionV2(eqx.Module):
             relative_coords_table(self.window_size).view(np.int32)
         )
         self.relative_position_index = jax.device_put(
-            relative_position_index(self.window_size).astype(np.int32)
+            relative_position_index(*self.window_size).reshape(-1).astype(np.int32)
         )
         self.logit_scale = jax.device_put(np.full((num_heads, 1, 1), np.log(10.0), np.float32))
         self.cpb_mlp = (
@@ -409,7 +398,7 @@ class SwinTransformerBlock(Layer):
         self, x: Array, *, channels_last: bool = True, key: PRNGKeyArray | None = None
     ) -> tuple[Array, Self]:
         del channels_last  # NHWC always, as torchvision's blocks
-        attn_key, sd1, mlp_key, sd2 = _split(key, 4)
+        attn_key, sd1, mlp_key, sd2 = split_keys(key, 4)
         if self.post_norm:
             y = self.norm1(self.attn(x, key=attn_key))
         else:

@@ -40,6 +40,7 @@ from ..layers import (
     dot_product_attention,
     normal,
     run_sequential,
+    split_keys,
     torch_default_uniform,
     uniform,
     zeros,
@@ -48,10 +49,6 @@ from ..layers._flags import inference_flag
 from ._base import FeatureInfo, ZooModel, _normalise_indices
 from ._convnext import trunc_normal
 from ._mobilenetv2 import _keys
-
-
-def _split(key: PRNGKeyArray | None, n: int) -> list:
-    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 def _xavier_uniform(key: PRNGKeyArray, shape: tuple[int, int]) -> Float[Array, "out in"]:
@@ -197,7 +194,7 @@ class EncoderBlock(Layer):
         self, x: Array, *, channels_last: bool = False, key: PRNGKeyArray | None = None
     ) -> tuple[Float[Array, "batch length hidden_dim"], Self]:
         del channels_last  # tokens have no channel axis to move
-        attention_key, dropout_key, mlp_key = _split(key, 3)
+        attention_key, dropout_key, mlp_key = split_keys(key, 3)
         y = self.dropout(self.self_attention(self.ln_1(x), key=attention_key), key=dropout_key)
         y = y + x
         z, _ = run_sequential(self.mlp, self.ln_2(y), key=mlp_key)
@@ -240,7 +237,7 @@ class Encoder(Layer):
         self, x: Float[Array, "batch length hidden_dim"], *, depth: int, key: PRNGKeyArray | None
     ) -> list[Float[Array, "batch length hidden_dim"]]:
         """The outputs of the first `depth` layers (before `ln`)."""
-        keys = _split(key, 1 + len(self.layers))
+        keys = split_keys(key, 1 + len(self.layers))
         x = self.dropout(x + self.pos_embedding.astype(x.dtype), key=keys[0])
         outputs = []
         for layer, k in zip(self.layers, keys[1 : depth + 1], strict=False):
