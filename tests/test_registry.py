@@ -35,6 +35,7 @@ ALL = zoo.list_models()
 DEFAULT = [n for n in ALL if not zoo.get_model_info(n).test_cfg["slow"]]
 LARGE = [n for n in ALL if zoo.get_model_info(n).test_cfg["slow"]]
 WITH_TIMM = [n for n in DEFAULT if zoo.get_model_info(n).timm_name]
+TIMM_LAYOUT = [n for n in ALL if zoo.get_model_info(n).timm_layout]
 
 
 @functools.lru_cache(maxsize=4)  # VGG's is 0.5 GB
@@ -386,6 +387,50 @@ def test_feature_maps_equal_timms(name):
     assert len(ours) == len(expected)
     for a, b in zip(ours, expected, strict=True):
         assert float(np.abs(np.asarray(a) - b.numpy()).max()) <= 1e-10
+
+
+# -- timm's layout -------------------------------------------------------------------------------
+# The ViT's export (344 MB) with -m large (tests/test_vit.py exports a tiny one by default).
+@pytest.mark.parametrize(
+    "name", [n for n in _large_if("hub_large") if getattr(n, "values", [n])[0] in TIMM_LAYOUT]
+)
+def test_timm_reads_the_timm_layout_and_its_checkpoints_load_back(name, tmp_path):
+    """`save_pretrained(..., layout="timm")` is what `timm.create_model("local-dir:...",
+    pretrained=True)` builds and loads strictly, computing torchvision's logits (float64);
+    timm's state_dict loads back into the zoo (the `checkpoint_adapter`) bit for bit."""
+    timm = pytest.importorskip("timm")
+    reference, model = reference_pair(name, num_classes=6)
+    folder = zoo.save_pretrained(zoo.JaxModel(model, name=name), tmp_path / name, layout="timm")
+    theirs = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    timm_state = {k: v.clone() for k, v in theirs.state_dict().items()}
+    x = sample_input(name).double()
+    with torch.no_grad():
+        expected = reference.double().eval()(x)
+        assert float(expected.abs().max()) > 0.1  # a head that computes something
+        assert max_abs_diff(theirs.double().eval()(x), expected) <= 1e-10
+    back = zoo.load(name, framework="equinox", weights=timm_state, **built_for_test(name))
+    ours, again = reference.float().state_dict(), wc.to_state_dict(back)
+    assert list(ours) == list(again) and all(torch.equal(ours[k], again[k]) for k in ours)
+
+
+@pytest.mark.parametrize("name", TIMM_LAYOUT)
+def test_timm_layout_names_the_same_network(name):
+    """Every variant's `timm_layout` names a timm model (built with its `model_args`, on the
+    meta device) whose state_dict has exactly the renamed keys and shapes."""
+    timm = pytest.importorskip("timm")
+    info = zoo.get_model_info(name)
+    kwargs = built_for_test(name)
+    try:
+        with torch.device("meta"):
+            reference = info.torch_builder(**kwargs)
+    except NotImplementedError:  # a constructor that computes with tensors (RegNet's widths)
+        reference = info.torch_builder(**kwargs)
+    architecture, timm_state, model_args = info.timm_layout(reference.state_dict(), kwargs)
+    with torch.device("meta"):
+        # num_classes as the export's config.json gives it (timm's vit_huge has no head)
+        theirs = timm.create_model(architecture, num_classes=1000, **model_args)
+    expected = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in timm_state.items()} == expected
 
 
 # -- Hub round trip -----------------------------------------------------------------------------

@@ -64,8 +64,8 @@ class ModelInfo:
       GoogLeNet, whose own tests cover train mode by default, and EfficientNet B0 and
       MNASNet 0.5, whose blocks MobileNet V3's and V2's default steps cover: with `-m large`
       only) and `hub_large` (the Hub round trip writes and reads GBs, VGG: `-m large` only).
-    - `timm_name`: the same architecture's name in timm (feature maps are compared), or
-      `None`.
+    - `timm_name`: the same architecture's name in timm, under the same state_dict keys
+      (feature maps are compared; its `timm_layout` is the state_dict as it is), or `None`.
     - `torchvision_checkpoint`: what torchvision's own builder does when it loads its
       weights, as `(state_dict, kwargs) -> state_dict`: rename a checkpoint's old keys
       (DenseNet's `norm.1`), set the options its weights need in `kwargs` with `setdefault`
@@ -76,12 +76,13 @@ class ModelInfo:
       the built options ask for (a ViT's timm keys renamed, its position embeddings
       interpolated for another `image_size`, or its `image_size` set in `kwargs` with
       `setdefault` from the checkpoint's); `None`: nothing to do.
-    - `timm_layout`: where timm names the architecture differently (ViT), `(state_dict,
-      kwargs) -> (architecture, state_dict, model_args)`: timm's model name, the state_dict
-      under timm's keys, and the `timm.create_model` options for `kwargs` (the model's
+    - `timm_layout`: where timm has the architecture, `(state_dict, kwargs) ->
+      (architecture, state_dict, model_args)`: timm's model name, the state_dict under
+      timm's keys, and the `timm.create_model` options for `kwargs` (the model's
       `config_kwargs()`, e.g. `img_size`), for `save_pretrained(..., layout="timm")`. It
       must rename key by key (the export maps the stem's and classifier's paths through it).
-      `None`: timm has no such layout (or, as for ResNet, its keys are torchvision's).
+      `zoo.models._timm.timm_interop` builds it, and the `checkpoint_adapter` that loads
+      timm's checkpoints, from a family's key maps. `None`: timm has no such network.
     """
 
     name: str
@@ -196,6 +197,8 @@ def register_model(
         )
     if timm_name is True:
         timm_name = name
+    if timm_layout is None and timm_name is not None:  # timm's keys are torchvision's
+        timm_layout = _same_names(timm_name)
     info = ModelInfo(
         name,
         builder,
@@ -211,6 +214,13 @@ def register_model(
     )
     _REGISTRY[name] = info
     return info
+
+
+def _same_names(architecture: str) -> TimmLayout:
+    def layout(state_dict: dict[str, Any], kwargs: dict[str, Any]) -> tuple[str, dict, dict]:
+        return architecture, dict(state_dict), {}
+
+    return layout
 
 
 def register(model_class: type, **kwargs: Any) -> Callable[[F], F]:

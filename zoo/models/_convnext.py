@@ -33,6 +33,7 @@ from ..layers import (
 from ..layers._init import numpy_rng
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
 from ._mobilenetv2 import _keys
+from ._timm import timm_interop
 
 T = TypeVar("T", Conv2d, Linear)
 
@@ -368,6 +369,64 @@ def timm_convnext_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+_TV_KEY = re.compile(
+    r"features\.(?P<f>\d+)\.(?:(?P<b>\d+)\.(?:layer_scale|block\.(?P<layer>[0235])\.(?P<p1>weight|bias))"
+    r"|(?P<n>[01])\.(?P<p0>weight|bias))"
+    r"|classifier\.(?P<head>[02])\.(?P<p2>weight|bias)"
+)
+
+
+def torchvision_convnext_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `timm_convnext_to_torchvision`: a torchvision ConvNeXt state_dict
+    under timm's `ConvNeXt` keys (`timm.create_model("convnext_tiny")`'s), in the same order.
+
+    **Raises:** `ValueError` for a key timm's ConvNeXt has no place for.
+    """
+    block = {v: k for k, v in _TIMM_BLOCK.items()}
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        m = _TV_KEY.fullmatch(key)
+        if m is None:
+            unknown.append(key)
+        elif m["head"] is not None:
+            out[f"head.{'norm' if m['head'] == '0' else 'fc'}.{m['p2']}"] = value
+        elif m["b"] is not None and int(m["f"]) % 2 == 1:
+            prefix = f"stages.{int(m['f']) // 2}.blocks.{m['b']}"
+            if m["layer"] is None:  # layer_scale, (dim, 1, 1) -> timm's gamma, (dim,)
+                out[f"{prefix}.gamma"] = value.reshape(-1)
+            else:
+                out[f"{prefix}.{block['block.' + m['layer']]}.{m['p1']}"] = value
+        elif m["n"] is not None and m["f"] == "0":
+            out[f"stem.{m['n']}.{m['p0']}"] = value
+        elif m["n"] is not None and int(m["f"]) % 2 == 0:
+            out[f"stages.{int(m['f']) // 2}.downsample.{m['n']}.{m['p0']}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"not a torchvision ConvNeXt state_dict timm's ConvNeXt can hold: no place for "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
+    return out
+
+
+def _timm(architecture: str) -> dict[str, Any]:
+    # timm's drop_path_rate grows linearly over the blocks from 0, as torchvision's
+    # stochastic_depth_prob does.
+    def model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+        rate = float(kwargs.get("stochastic_depth_prob", 0.0))
+        return {"drop_path_rate": rate} if rate else {}
+
+    return timm_interop(
+        architecture,
+        torchvision_convnext_to_timm,
+        timm_convnext_to_torchvision,
+        marker="stem.0.weight",
+        model_args=model_args,
+    )
+
+
 # (stages, default stochastic depth) of each torchvision variant.
 _VARIANTS = {
     "convnext_tiny": (((96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)), 0.1),
@@ -389,7 +448,13 @@ _TEST = {"input_size": (3, 33, 33), "no_dropout": {"stochastic_depth_prob": 0.0}
 _CFG = {"torch_builder": "torchvision"}
 
 
-@register(ConvNeXt, torchvision_weights="ConvNeXt_Tiny_Weights", test_cfg=_TEST, **_CFG)
+@register(
+    ConvNeXt,
+    torchvision_weights="ConvNeXt_Tiny_Weights",
+    **_timm("convnext_tiny"),
+    test_cfg=_TEST,
+    **_CFG,
+)
 def convnext_tiny(*, key: PRNGKeyArray | None = None, **kwargs) -> ConvNeXt:
     """ConvNeXt tiny (torchvision `convnext_tiny`). `key` defaults to `jax.random.key(0)`."""
     return _convnext("convnext_tiny", key, kwargs)
@@ -399,6 +464,7 @@ def convnext_tiny(*, key: PRNGKeyArray | None = None, **kwargs) -> ConvNeXt:
 @register(
     ConvNeXt,
     torchvision_weights="ConvNeXt_Small_Weights",
+    **_timm("convnext_small"),
     test_cfg=_TEST | {"slow": True},
     **_CFG,
 )
@@ -410,6 +476,7 @@ def convnext_small(*, key: PRNGKeyArray | None = None, **kwargs) -> ConvNeXt:
 @register(
     ConvNeXt,
     torchvision_weights="ConvNeXt_Base_Weights",
+    **_timm("convnext_base"),
     test_cfg=_TEST | {"slow": True},
     **_CFG,
 )
@@ -421,6 +488,7 @@ def convnext_base(*, key: PRNGKeyArray | None = None, **kwargs) -> ConvNeXt:
 @register(
     ConvNeXt,
     torchvision_weights="ConvNeXt_Large_Weights",
+    **_timm("convnext_large"),
     test_cfg=_TEST | {"slow": True},
     **_CFG,
 )

@@ -1,0 +1,64 @@
+"""timm's side of an architecture: the two registry hooks a family declares where timm has
+the same network (`ModelInfo.timm_layout` for `save_pretrained(..., layout="timm")`,
+`ModelInfo.checkpoint_adapter` so timm's checkpoints load), built from the family's own
+key maps.
+
+A family writes `to_timm(state_dict) -> state_dict` (torchvision's keys to timm's, key by
+key) and `to_torchvision(state_dict) -> state_dict` (the inverse), and registers
+
+    @register(..., **timm_interop("convnext_tiny", to_timm, to_torchvision, marker="stem.0.weight"))
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .._registry import CheckpointHook, TimmLayout
+
+StateDict = dict[str, Any]
+Rename = Callable[[Mapping[str, Any]], StateDict]
+ModelArgs = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def timm_layout(
+    architecture: str, to_timm: Rename | None = None, model_args: ModelArgs | None = None
+) -> TimmLayout:
+    """A `timm_layout`: timm's `architecture`, the state_dict through `to_timm` (as it is
+    where timm's keys are torchvision's: ResNet, DenseNet), and `model_args(kwargs)`, the
+    `timm.create_model` options for the model's `config_kwargs()` (none by default: a
+    family with options timm takes under other names maps them, or refuses them)."""
+
+    def layout(state_dict: StateDict, kwargs: dict[str, Any]) -> tuple[str, StateDict, dict]:
+        args = model_args(dict(kwargs)) if model_args is not None else {}
+        return architecture, dict(state_dict) if to_timm is None else to_timm(state_dict), args
+
+    return layout
+
+
+def timm_checkpoint(marker: str, to_torchvision: Rename) -> CheckpointHook:
+    """A `checkpoint_adapter` that renames a timm checkpoint (one holding the key `marker`,
+    which torchvision's never holds) to torchvision's keys; other checkpoints pass as they
+    are."""
+
+    def adapt(state_dict: StateDict, kwargs: dict[str, Any]) -> StateDict:
+        return to_torchvision(state_dict) if marker in state_dict else state_dict
+
+    return adapt
+
+
+def timm_interop(
+    architecture: str,
+    to_timm: Rename | None = None,
+    to_torchvision: Rename | None = None,
+    *,
+    marker: str | None = None,
+    model_args: ModelArgs | None = None,
+) -> dict[str, Any]:
+    """`register`'s keyword arguments for an architecture timm has as `architecture`: its
+    `timm_layout`, and (given `to_torchvision` and the `marker` key that tells timm's
+    checkpoints apart) its `checkpoint_adapter`."""
+    out: dict[str, Any] = {"timm_layout": timm_layout(architecture, to_timm, model_args)}
+    if to_torchvision is not None:
+        if marker is None:
+            raise ValueError("a timm checkpoint adapter needs the marker key that tells it apart")
+        out["checkpoint_adapter"] = timm_checkpoint(marker, to_torchvision)
+    return out
