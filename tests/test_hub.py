@@ -132,6 +132,26 @@ def test_exported_weights_load_in_timm(exported, r18, images):
     assert max_abs_diff(theirs32, r18(x.numpy())) <= 2e-5
 
 
+def test_timm_reads_a_torchvision_layout_export_only_where_it_is_timms_network(
+    exported, tmp_path
+):
+    """timm builds a torchvision-layout export by its `architecture`: a ResNet's is timm's
+    `resnet18` (the same keys and network; `timm.create_model("local-dir:...")` reads it),
+    while an Inception v3 with `transform_input` (timm has no such step: its `inception_v3`
+    would load these keys strictly and compute another function) is named so that timm
+    refuses it; the zoo reads both."""
+    timm = pytest.importorskip("timm")
+    assert json.loads((exported / "config.json").read_text())["architecture"] == "resnet18"
+    timm.create_model(f"local-dir:{exported}", pretrained=True)
+    face = zoo.load("inception_v3", num_classes=3, transform_input=True, aux_logits=False)
+    folder = zoo.save_pretrained(face, tmp_path / "inception")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "inception_v3-torchvision-layout"
+    with pytest.raises(RuntimeError, match=r"Unknown model \(inception_v3-torchvision-layout"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert zoo.load(f"local-dir:{folder}", framework="equinox").transform_input
+
+
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 def test_local_dir_loads_back_bit_identical(exported, r18, framework, images):
     back = zoo.load(f"local-dir:{exported}", framework=framework)

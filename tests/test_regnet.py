@@ -2,7 +2,9 @@
 torchvision's for every registered size and a seeded sweep, each size's module tree (keys,
 shapes, convolution and BatchNorm settings) against torchvision's, torchvision's
 initialisation, the named containers, parity of small custom RegNets (the X block, other
-options), and the feature maps against timm's RegNet.
+options), the feature maps against timm's RegNet, and the timm key maps (against timm's own
+torchvision filter; the registry tests export every size's timm layout and load timm's
+state_dict back).
 """
 
 import copy
@@ -270,16 +272,15 @@ def test_custom_regnets_match_torchvision(widths, block, options, images):
 
 
 def test_feature_maps_equal_timms_regnet():
-    """timm's `regnety_004` with these weights (its own torchvision key mapping) gives the same
-    five maps (float64), and the same channels and reductions as `feature_info`."""
+    """timm's `regnety_004` with these weights (in timm's names by the zoo's map) gives the
+    same five maps (float64), and the same channels and reductions as `feature_info`."""
     timm = pytest.importorskip("timm")
-    from timm.models.regnet import _filter_fn
 
     torch.manual_seed(0)
     reference = randomize_batchnorm(tv_regnet.regnet_y_400mf(), 0)
     model = zoo.load("regnet_y_400mf", framework="equinox", weights=reference.state_dict())
     theirs = timm.create_model("regnety_004", features_only=True, pretrained=False)
-    state = _filter_fn(reference.state_dict())  # timm's torchvision key mapping
+    state = _regnet.torchvision_regnet_to_timm(reference.state_dict())
     theirs.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
     assert theirs.feature_info.channels() == [f.num_chs for f in model.feature_info]
     assert theirs.feature_info.reduction() == [2, 4, 8, 16, 32]
@@ -294,3 +295,24 @@ def test_feature_maps_equal_timms_regnet():
     assert len(maps) == len(expected) == 5
     for a, b in zip(maps, expected, strict=True):
         assert float(np.abs(np.asarray(a) - b.numpy()).max()) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["regnet_y_400mf", "regnet_x_400mf"])
+def test_timm_key_maps_agree_with_timms_filter_and_invert(name):
+    """`torchvision_regnet_to_timm` gives the keys timm's own torchvision filter gives (the X
+    block and the Y block's SE), in order; `timm_regnet_to_torchvision` inverts it, and each
+    refuses what the other network has no place for."""
+    pytest.importorskip("timm")
+    from timm.models.regnet import _filter_fn
+
+    state = getattr(tv_regnet, name)().state_dict()
+    theirs = _regnet.torchvision_regnet_to_timm(state)
+    assert list(theirs) == list(_filter_fn(dict(state)))
+    back = _regnet.timm_regnet_to_torchvision(theirs)
+    assert list(back) == list(state) and all(back[k] is state[k] for k in state)
+    with pytest.raises(ValueError, match=r"no place for final_conv\.conv\.weight"):
+        _regnet.timm_regnet_to_torchvision(theirs | {"final_conv.conv.weight": None})
+    with pytest.raises(ValueError, match=r"no place for s1\.b0\.conv1\.conv\.weight"):
+        _regnet.timm_regnet_to_torchvision({"s1.b0.conv1.conv.weight": None})
+    with pytest.raises(ValueError, match=r"no place for trunk_output\.block1\.block2-0"):
+        _regnet.torchvision_regnet_to_timm({"trunk_output.block1.block2-0.f.a.0.weight": None})

@@ -119,15 +119,10 @@ def test_mnasnet_torch_builder_loads_state_dicts_without_metadata():
 
 # -- MNASNet's feature maps against timm's ------------------------------------------------------
 def _timm_names(key: str) -> str:
-    """A torchvision MNASNet state_dict key in timm's `mnasnet_*` names (stem and stacks)."""
-    stem = {"0": "conv_stem", "1": "bn1", "3": "blocks.0.0.conv_dw", "4": "blocks.0.0.bn1"}
-    stem |= {"6": "blocks.0.0.conv_pw", "7": "blocks.0.0.bn2"}
-    block = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6": "conv_pwl", "7": "bn3"}
-    parts = key.split(".")
-    if parts[1] in stem:
-        return ".".join([stem[parts[1]], *parts[2:]])
-    stage, index, _, layer, *rest = parts[1:]
-    return ".".join(["blocks", str(int(stage) - 7), index, block[layer], *rest])
+    """A torchvision MNASNet state_dict key in timm's `mnasnet_*` names: the registry's
+    `timm_layout`, which renames key by key (every width has the same names)."""
+    (name,) = zoo.get_model_info("mnasnet0_5").timm_layout({key: None}, {})[1]
+    return name
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,14 @@ import weights_convert as wc
 
 from .._registry import get_model_info, list_models
 from ..adapters import JaxModel, TorchModel
-from ._sources import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, load_export, read_export
+from ._sources import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    TORCHVISION_LAYOUT_SUFFIX,
+    WEIGHTS_NAME,
+    load_export,
+    read_export,
+)
 
 try:  # POSIX: a staging folder is locked by its writer while it lives
     import fcntl
@@ -167,6 +174,29 @@ def _preprocessing(overrides: Mapping[str, Any] | None, in_chans: int) -> dict[s
     return out
 
 
+def torchvision_layout_architecture(
+    config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
+) -> str:
+    """`config.json`'s `architecture` for a torchvision-layout export: the zoo's name where
+    timm's model of that name is the same network under these very keys and no options
+    (the architecture's `timm_layout` is the identity: ResNet, DenseNet, Inception v3 without
+    `transform_input`), so `timm.create_model("local-dir:...", pretrained=True)` reads it;
+    otherwise the name with `-torchvision-layout` appended, which timm refuses as an unknown
+    model instead of loading the weights into another network (timm's VGG head differs
+    beyond 7x7 maps; timm's Inception has no `transform_input`)."""
+    name = config["zoo"]["name"]
+    layout = get_model_info(name).timm_layout
+    if layout is not None:
+        try:
+            architecture, renamed, model_args = layout(dict(state_dict), config["zoo"]["kwargs"])
+        except ValueError:  # options timm cannot express
+            pass
+        else:
+            if architecture == name and not model_args and list(renamed) == list(state_dict):
+                return name
+    return name + TORCHVISION_LAYOUT_SUFFIX
+
+
 def to_timm_layout(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict:
     """Rewrite an export's `config` (in place) and `state_dict` (returned) in timm's names:
     `architecture` and `model_args` as `timm.create_model` takes them, `first_conv` and
@@ -191,6 +221,29 @@ def to_timm_layout(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) 
     config["model_args"] = model_args
     config["zoo"]["layout"] = "timm"
     return timm_state
+
+
+def torchvision_snippet(config: Mapping[str, Any], path: str = "model.safetensors") -> str:
+    """The code that builds torchvision's own model for a torchvision-layout export (the
+    model's options as the export recorded them) and loads `path` into it strictly; with
+    the torch `_metadata` the architecture's loader demands (MNASNet's module version)."""
+    name = config["zoo"]["name"]
+    options = {"num_classes": config["num_classes"], **config["zoo"]["kwargs"]}
+    metadata = get_model_info(name).model_class.torch_state_dict_metadata
+    lines = ["import safetensors.torch", "import torchvision", ""]
+    if metadata is not None:
+        lines[:0] = ["from collections import OrderedDict"]
+    model_class = get_model_info(name).model_class
+    lines += model_class.torchvision_code(name, options)
+    if metadata is None:
+        lines.append(f"state_dict = safetensors.torch.load_file({path!r})")
+    else:
+        lines += [
+            f"state_dict = OrderedDict(safetensors.torch.load_file({path!r}))",
+            f"state_dict._metadata = {metadata!r}  # torchvision's loader checks it",
+        ]
+    lines.append("model.load_state_dict(state_dict)")
+    return "\n".join(lines)
 
 
 def build_card(
@@ -253,15 +306,12 @@ def build_card(
             "```",
             "",
         ]
-    elif get_model_info(name).torchvision_weights is not None:
+    elif get_model_info(name).torchvision_weights is not None and cfg["input_size"][0] == 3:
         lines += [
             "With torchvision alone:",
             "",
             "```python",
-            "import safetensors.torch, torchvision",
-            "",
-            f"model = torchvision.models.{name}(num_classes={config['num_classes']})",
-            'model.load_state_dict(safetensors.torch.load_file("model.safetensors"))',
+            torchvision_snippet(config),
             "```",
             "",
         ]
@@ -640,7 +690,9 @@ def save_pretrained(
     )
     if layout == "timm":
         state_dict = to_timm_layout(config, state_dict)
-    elif layout != "torchvision":
+    elif layout == "torchvision":
+        config["architecture"] = torchvision_layout_architecture(config, state_dict)
+    else:
         raise ValueError(f"layout must be 'torchvision' or 'timm', not {layout!r}")
     card = build_card(
         config, repo_id=repo_id, license=license, datasets=datasets, metrics=metrics, tags=tags

@@ -23,6 +23,9 @@ from .._sources import WeightsError, parse_weights, read_bytes
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 PREFIXES = (HF_HUB_PREFIX, LOCAL_DIR_PREFIX)
+# A torchvision-layout export whose keys timm's same-named model would read into another
+# network is named so that timm refuses it: "Unknown model (vgg16-torchvision-layout)".
+TORCHVISION_LAYOUT_SUFFIX = "-torchvision-layout"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # timm's older Hub repos carry only the pickle; it is read with weights_only=True.
@@ -476,7 +479,9 @@ def architecture(config: dict[str, Any], path: Path) -> ModelInfo:
     """The registry entry a config names (its `zoo.name`, else timm's `architecture`, whose
     `.tag` suffix is dropped)."""
     zoo_cfg = config.get("zoo") or {}
-    name = zoo_cfg.get("name") or str(config.get("architecture", "")).split(".")[0]
+    # timm's `architecture` may carry a tag ("resnet50.a1_in1k"), ours the layout suffix.
+    named = str(config.get("architecture", "")).split(".")[0]
+    name = zoo_cfg.get("name") or named.removesuffix(TORCHVISION_LAYOUT_SUFFIX)
     try:
         return get_model_info(name)
     except KeyError as e:

@@ -20,7 +20,11 @@ from ._attention import (
     dot_product_attention as dot_product_attention,
     relative_position_index as relative_position_index,
 )
-from ._conv import Conv2d as Conv2d, lowers_to_matmul as lowers_to_matmul
+from ._conv import (
+    Conv2d as Conv2d,
+    is_depthwise as is_depthwise,
+    lowers_to_matmul as lowers_to_matmul,
+)
 from ._dropout import Dropout as Dropout
 from ._init import (
     kaiming_normal_fan_out as kaiming_normal_fan_out,

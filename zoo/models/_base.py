@@ -151,6 +151,9 @@ class ZooModel(eqx.Module):
     - `torch_feature_map`: turns the output of a `feature_info` module, as the torch face's
       fallback collects it with a hook, into the map `forward_intermediates` returns
       (identity by default; a ViT's drops the class token and makes its tokens a grid).
+    - `torch_state_dict_metadata`: the torch `_metadata` (module versions) torchvision's
+      `load_state_dict` demands of a state_dict that carries none, as a safetensors file
+      never does (MNASNet refuses one without its version 2); `None` by default.
 
     **Fields:** `num_features` (the channels `forward_head` pools), `feature_info` (a
     `FeatureInfo` per map `forward_intermediates` offers), `out_indices` (`None`; set by
@@ -169,6 +172,16 @@ class ZooModel(eqx.Module):
     out_indices: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True)
     output_fmt: ClassVar[str] = "NCHW"
     torch_layouts: ClassVar[dict[str, tuple[str, str]]] = {}
+    torch_state_dict_metadata: ClassVar[dict[str, dict[str, int]] | None] = None
+
+    @classmethod
+    def torchvision_code(cls, name: str, options: dict[str, Any]) -> list[str]:
+        """Python lines that build torchvision's own `name` with `options` (the export's
+        `num_classes` and `config_kwargs()`) as `model`, for an export's model card:
+        `torchvision.models.<name>(...)`, or what an architecture whose builder refuses
+        some of the options (it passes its own) writes instead."""
+        args = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        return [f"model = torchvision.models.{name}({args})"]
 
     @classmethod
     def torch_feature_map(cls, output: Any, info: FeatureInfo) -> Any:

@@ -8,7 +8,6 @@ zoo model.
 """
 
 import dataclasses
-import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
@@ -61,53 +60,6 @@ def _init_weights(cls: type[T], *args, keys: Iterator[PRNGKeyArray], **kwargs) -
     return with_initial_weight(
         cls, *args, keys=keys, weight=lambda k, shape: trunc_normal(k, shape, 0.02), **kwargs
     )
-
-
-def depthwise_conv(
-    conv: Conv2d, x: Float[Array, "batch height width channels"]
-) -> Float[Array, "batch out_height out_width channels"]:
-    """`conv`, a stride-1 depthwise convolution (`groups == in_channels == out_channels`), on
-    an NHWC batch. On the CPU: the sum over the kernel's taps of the shifted input times
-    each channel's tap weight, a `lax.scan` over the taps (those that only ever read padding
-    skipped: on a 1x1 map only the centre tap is left); elsewhere `conv` itself.
-
-    Why (measured on a shared 2-core CPU): XLA:CPU's grouped convolution was 2.4x slower
-    forward and 7x slower forward and backward than this on ConvNeXt-tiny's first stage at
-    224x224 (batch 32), and 10x slower on the small maps of a 33x33 input, where a 7x7
-    kernel reads mostly padding. Why a scan: the 49 taps unrolled run the forward ~2x faster
-    (the backward no faster) but compile ~10x slower. The scan's body is checkpointed, so
-    `jax.vjp` keeps the input once, not a shifted copy per tap. The result is the
-    convolution's up to the order of the sums.
-    """
-    if not conv.groups == conv.in_channels == conv.out_channels:
-        raise ValueError("depthwise_conv: groups must equal the in and out channels")
-    if conv.stride != (1, 1) or conv.dilation != (1, 1):
-        raise ValueError("depthwise_conv: stride and dilation must be 1")
-    return jax.lax.platform_dependent(
-        x,
-        cpu=functools.partial(_depthwise_taps, conv),
-        default=functools.partial(conv, channels_last=True),
-    )
-
-
-def _depthwise_taps(conv: Conv2d, x: Array) -> Array:
-    _, height, width, _ = x.shape
-    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    out_shape = (x.shape[0], height + 2 * ph - kh + 1, width + 2 * pw - kw + 1, x.shape[3])
-    rows = [i for i in range(kh) if out_shape[1] + i > ph and i < ph + height]
-    cols = [j for j in range(kw) if out_shape[2] + j > pw and j < pw + width]
-    taps = np.array([(i, j) for i in rows for j in cols], np.int32)
-    weight = conv.weight.astype(x.dtype)[:, 0, taps[:, 0], taps[:, 1]].T  # (taps, channels)
-    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-
-    @jax.checkpoint
-    def tap(y: Array, tap: tuple[Array, Array]) -> tuple[Array, None]:
-        (i, j), w = tap
-        zero = jnp.zeros((), i.dtype)  # the index dtypes must agree (int64 under x64)
-        return y + jax.lax.dynamic_slice(xp, (zero, i, j, zero), out_shape) * w, None
-
-    y, _ = jax.lax.scan(tap, jnp.zeros(out_shape, x.dtype), (jnp.asarray(taps), weight))
-    return y if conv.bias is None else y + conv.bias.astype(y.dtype)
 
 
 class Permute(eqx.Module):
@@ -189,7 +141,7 @@ class CNBlock(Layer):
         shortcut). torch permutes to channels-last around the LayerNorm and the Linears;
         here the whole block runs in NHWC, where they work on the last axis as they are."""
         conv, _, norm, fc1, act, fc2, _ = self.block
-        y = fc2(act(fc1(norm(depthwise_conv(conv, h)))))
+        y = fc2(act(fc1(norm(conv(h, channels_last=True)))))
         return self.layer_scale.reshape(-1).astype(y.dtype) * y
 
 

@@ -8,6 +8,9 @@ returns `(logits, model)` as for every zoo model.
 
 torchvision's pretrained checkpoints still use the old key names (`denselayer1.norm.1.weight`);
 `torchvision_checkpoint` renames them, as torchvision's `_load_state_dict` does.
+
+timm's `densenet121` (and 161, 169, 201) is the same network under the same keys: its
+`layout="timm"` export is the state_dict as it is (see `_timm_args` for the options).
 """
 
 import math
@@ -38,6 +41,7 @@ from ..layers import (
 )
 from ._base import FeatureInfo, ZooModel, run_stages
 from ._mobilenetv2 import _keys
+from ._timm import timm_interop
 
 
 def _conv(
@@ -372,6 +376,27 @@ def _densenet(
     )
 
 
+def _timm_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm's `DenseNet` options for the model's: torchvision's `drop_rate` (dropout after
+    each dense layer) is timm's `proj_drop_rate` (timm's `drop_rate` is a dropout before the
+    classifier, which torchvision has not); `memory_efficient` (recomputation, the same
+    function) is timm's too. timm's BatchNorms are torch's defaults, as torchvision's, and its
+    `norm5` applies the ReLU torchvision's `forward` applies after `features`."""
+    args: dict[str, Any] = {}
+    if float(kwargs.get("drop_rate", 0.0)):
+        args["proj_drop_rate"] = float(kwargs["drop_rate"])
+    if kwargs.get("memory_efficient", False):
+        args["memory_efficient"] = True
+    return args
+
+
+def _timm(architecture: str) -> dict[str, Any]:
+    # The same keys (timm's own torchvision filter only renames the old `norm.1` keys): the
+    # layout is the state_dict as it is, and timm's checkpoints need no adapter. Not
+    # `timm_name`: timm's `features_only` DenseNet flattens its names (tests/test_densenet.py).
+    return timm_interop(architecture, model_args=_timm_args)
+
+
 # 33x33 gives maps of 17, 9, 4, 2 and 1 pixels: the smallest odd size past torchvision's
 # 29x29 minimum, where every BatchNorm of the train-mode test still sees 4 values.
 # `train_parity_large`: densenet121's float64 train step compiles ~23,000 operations (a
@@ -382,25 +407,49 @@ _SLOW = _TEST | {"slow": True}
 _CFG = {"torch_builder": "torchvision", "torchvision_checkpoint": torchvision_checkpoint}
 
 
-@register(DenseNet, torchvision_weights="DenseNet121_Weights", test_cfg=_TEST, **_CFG)
+@register(
+    DenseNet,
+    torchvision_weights="DenseNet121_Weights",
+    test_cfg=_TEST,
+    **_CFG,
+    **_timm("densenet121"),
+)
 def densenet121(*, key: PRNGKeyArray | None = None, **kwargs) -> DenseNet:
     """DenseNet-121 (torchvision `densenet121`). `key` defaults to `jax.random.key(0)`."""
     return _densenet(32, (6, 12, 24, 16), 64, key, kwargs)
 
 
-@register(DenseNet, torchvision_weights="DenseNet161_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    DenseNet,
+    torchvision_weights="DenseNet161_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("densenet161"),
+)
 def densenet161(*, key: PRNGKeyArray | None = None, **kwargs) -> DenseNet:
     """DenseNet-161 (torchvision `densenet161`)."""
     return _densenet(48, (6, 12, 36, 24), 96, key, kwargs)
 
 
-@register(DenseNet, torchvision_weights="DenseNet169_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    DenseNet,
+    torchvision_weights="DenseNet169_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("densenet169"),
+)
 def densenet169(*, key: PRNGKeyArray | None = None, **kwargs) -> DenseNet:
     """DenseNet-169 (torchvision `densenet169`)."""
     return _densenet(32, (6, 12, 32, 32), 64, key, kwargs)
 
 
-@register(DenseNet, torchvision_weights="DenseNet201_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    DenseNet,
+    torchvision_weights="DenseNet201_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("densenet201"),
+)
 def densenet201(*, key: PRNGKeyArray | None = None, **kwargs) -> DenseNet:
     """DenseNet-201 (torchvision `densenet201`)."""
     return _densenet(32, (6, 12, 48, 32), 64, key, kwargs)

@@ -2,6 +2,11 @@
 
 `features` is torchvision's `nn.Sequential` as a tuple, each stage a nested tuple of blocks
 (`features.1.0.block.0.0.weight`); a call returns `(logits, model)` as for every zoo model.
+
+timm has every variant, under its EfficientNet builder's names (`efficientnet_b0` ...
+`efficientnet_b7`, `efficientnetv2_s`, `_m`, `_l`; `_efficientnet_timm_names`): the exports'
+`layout="timm"` and timm's checkpoints loading, with torchvision's BatchNorm options and its
+dropout and stochastic depth as timm's `bn_eps`, `bn_momentum`, `drop_rate`, `drop_path_rate`.
 """
 
 import dataclasses
@@ -37,7 +42,13 @@ from ._base import (
     run_stages,
     stage_ends,
 )
-from ._mobilenetv2 import _keys, make_divisible
+from ._mobilenetv2 import (
+    _keys,
+    make_divisible,
+    sequential_layers,
+    timm_block_names,
+    timm_builder_interop,
+)
 
 
 @functools.partial(jax.checkpoint, static_argnums=(2, 3, 4))
@@ -490,6 +501,49 @@ def _efficientnet(
     )
 
 
+def _efficientnet_timm_names(
+    arch: str, width_mult: float = 1.0, depth_mult: float = 1.0
+) -> dict[str, str]:
+    """torchvision's module paths -> timm's, for the variant's stage table: stage `S`'s block
+    `B` (`features.{S+1}.B`) is timm's `blocks.S.B`, of timm's type for the block
+    torchvision builds (an `MBConv` without expansion is a `DepthwiseSeparableConv`, a
+    `FusedMBConv` an `EdgeResidual`, or a `ConvBnAct` without expansion)."""
+    setting, _ = efficientnet_conf(arch, width_mult, depth_mult)
+    names = {"features.0.0": "conv_stem", "features.0.1": "bn1"}
+    for stage, cnf in enumerate(setting):
+        for b in range(cnf.num_layers):
+            width = cnf.input_channels if b == 0 else cnf.out_channels  # the block's input
+            expands = make_divisible(width * cnf.expand_ratio, 8) != width  # as the blocks do
+            if cnf.fused:
+                kind, units = ("er", ["cna", "cna"]) if expands else ("cn", ["cna"])
+            else:
+                kind = "ir" if expands else "ds"
+                units = ["cna"] * expands + ["cna", "se", "cna"]
+            layers = sequential_layers(f"features.{stage + 1}.{b}.block", units)
+            names |= timm_block_names(f"blocks.{stage}.{b}", kind, layers)
+    head = len(setting) + 1
+    return names | {
+        f"features.{head}.0": "conv_head",
+        f"features.{head}.1": "bn2",
+        "classifier.1": "classifier",
+    }
+
+
+def _timm(architecture: str, arch: str, *scale: float, **bn: float) -> dict[str, Any]:
+    """timm's same network: its padding, SE widths (a quarter of the block's input), SiLU,
+    head and stochastic depth schedule (`drop_path_rate * i / n` over the blocks, on the
+    residual branch, per sample) are torchvision's."""
+    return timm_builder_interop(
+        architecture,
+        _efficientnet_timm_names(arch, *scale),
+        options={"dropout": "drop_rate", "stochastic_depth_prob": "drop_path_rate"},
+        fixed=bn,
+    )
+
+
+# timm's names for the BatchNorm options of `_TF_BN` and `_V2_BN`.
+_TIMM_TF_BN = {"bn_eps": 0.001, "bn_momentum": 0.01}
+_TIMM_V2_BN = {"bn_eps": 0.001}
 _NO_DROPOUT = {"no_dropout": {"dropout": 0.0, "stochastic_depth_prob": 0.0}}
 _SLOW = _NO_DROPOUT | {"slow": True}
 _CFG = {"torch_builder": "torchvision"}
@@ -513,6 +567,7 @@ def _preprocessing(crop: int, resize: int, interpolation: str, **norm: Any) -> d
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B0_Weights",
+    **_timm("efficientnet_b0", "efficientnet_b0", 1.0, 1.0),
     test_cfg=_NO_DROPOUT | {"train_parity_large": True},
     **_CFG,
     **_preprocessing(224, 256, "bicubic"),
@@ -527,6 +582,7 @@ def efficientnet_b0(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B1_Weights",
+    **_timm("efficientnet_b1", "efficientnet_b1", 1.0, 1.1),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(240, 255, "bilinear"),
@@ -539,6 +595,7 @@ def efficientnet_b1(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B2_Weights",
+    **_timm("efficientnet_b2", "efficientnet_b2", 1.1, 1.2),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(288, 288, "bicubic"),
@@ -551,6 +608,7 @@ def efficientnet_b2(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B3_Weights",
+    **_timm("efficientnet_b3", "efficientnet_b3", 1.2, 1.4),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(300, 320, "bicubic"),
@@ -563,6 +621,7 @@ def efficientnet_b3(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B4_Weights",
+    **_timm("efficientnet_b4", "efficientnet_b4", 1.4, 1.8),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(380, 384, "bicubic"),
@@ -575,6 +634,7 @@ def efficientnet_b4(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B5_Weights",
+    **_timm("efficientnet_b5", "efficientnet_b5", 1.6, 2.2, **_TIMM_TF_BN),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(456, 456, "bicubic"),
@@ -587,6 +647,7 @@ def efficientnet_b5(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B6_Weights",
+    **_timm("efficientnet_b6", "efficientnet_b6", 1.8, 2.6, **_TIMM_TF_BN),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(528, 528, "bicubic"),
@@ -599,6 +660,7 @@ def efficientnet_b6(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_B7_Weights",
+    **_timm("efficientnet_b7", "efficientnet_b7", 2.0, 3.1, **_TIMM_TF_BN),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(600, 600, "bicubic"),
@@ -611,6 +673,7 @@ def efficientnet_b7(*, key: PRNGKeyArray | None = None, **kwargs) -> EfficientNe
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_V2_S_Weights",
+    **_timm("efficientnetv2_s", "efficientnet_v2_s", **_TIMM_V2_BN),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(384, 384, "bilinear"),
@@ -623,6 +686,7 @@ def efficientnet_v2_s(*, key: PRNGKeyArray | None = None, **kwargs) -> Efficient
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_V2_M_Weights",
+    **_timm("efficientnetv2_m", "efficientnet_v2_m", **_TIMM_V2_BN),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(480, 480, "bilinear"),
@@ -635,6 +699,7 @@ def efficientnet_v2_m(*, key: PRNGKeyArray | None = None, **kwargs) -> Efficient
 @register(
     EfficientNet,
     torchvision_weights="EfficientNet_V2_L_Weights",
+    **_timm("efficientnetv2_l", "efficientnet_v2_l", **_TIMM_V2_BN),
     test_cfg=_SLOW,
     **_CFG,
     **_preprocessing(480, 480, "bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),

@@ -6,6 +6,10 @@ Attribute paths are torchvision's state_dict keys (`Mixed_6b.branch7x7_2.conv.we
 hold no state. A call returns `(logits, model)` as for every zoo model: the main logits only,
 also in train mode, where torchvision returns `InceptionOutputs(logits, aux_logits)`;
 `forward_with_aux` returns that namedtuple (see `AuxTrunk`).
+
+timm's `inception_v3` is the same network under the same keys (its BatchNorms' eps 1e-3
+too), with `aux_logits=True` where the model has `AuxLogits`; `transform_input=True`, which
+timm has not, has no timm layout (see `_timm_args`).
 """
 
 import abc
@@ -29,6 +33,7 @@ from ._googlenet import (
     linear,
 )
 from ._mobilenetv2 import _keys
+from ._timm import timm_layout
 
 # The blocks' `F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)` (torch's defaults:
 # count_include_pad=True, floor mode) and `F.max_pool2d(x, kernel_size=3, stride=2)`.
@@ -439,18 +444,58 @@ def inception_v3_checkpoint(state_dict: dict[str, Any], kwargs: dict[str, Any]) 
     return state_dict
 
 
+def _timm_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm's `inception_v3` options for the model's: `aux_logits` (then timm's `forward`
+    returns `(logits, aux_logits)` in eval mode too, as for its own torchvision weights,
+    `inception_v3.tv_in1k`) and `dropout` as timm's `drop_rate` (the same place, before
+    `fc`).
+
+    **Raises:** `ValueError` for `transform_input=True`: timm has no such option, and its
+    model would compute another function of the same input."""
+    if kwargs.get("transform_input", False):
+        raise ValueError(
+            "inception_v3 with transform_input=True has no timm layout: timm's inception_v3 "
+            "has no such option, so it would compute another function of the same input. "
+            "transform_input only renormalises ImageNet-normalised inputs to mean = std = "
+            "0.5: load the same weights with transform_input=False and export with "
+            "pretrained_cfg={'mean': [0.5] * 3, 'std': [0.5] * 3} (as timm's "
+            "inception_v3.tv_in1k reads them), or export with layout='torchvision'"
+        )
+    args: dict[str, Any] = {}
+    if kwargs.get("aux_logits", True):  # torchvision's default
+        args["aux_logits"] = True
+    if float(kwargs.get("dropout", 0.5)):
+        args["drop_rate"] = float(kwargs.get("dropout", 0.5))
+    return args
+
+
+def timm_inception_v3_checkpoint(
+    state_dict: dict[str, Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """timm's `inception_v3` checkpoints (`tf_in1k`, `gluon_in1k`, ...) have torchvision's
+    keys but no auxiliary classifier: a checkpoint without `AuxLogits` builds the model
+    without one unless `aux_logits` is given (then a strict load names the missing keys)."""
+    if not any(k.startswith("AuxLogits.") for k in state_dict):
+        kwargs.setdefault("aux_logits", False)
+    return state_dict
+
+
 # 75x75 is torchvision's smallest input (maps of 35, 15, 7, 3 and 1 pixels). `slow`: the
 # default registry tests took 2.7x ResNet18's time (94 convolutions, each with a BatchNorm,
 # to compile), and in train mode the net is so ill-conditioned that a 1-ulp change of the
 # input moves torchvision's own float64 gradients by 1e-11 of the largest, beyond the
 # generic test's 1e-12: tests/test_googlenet_inception.py compares it with a tolerance
 # measured from that sensitivity. timm's `inception_v3` (same module names, no auxiliary
-# classifier) is compared there too (`timm_name` is for the default registry tests).
+# classifier) is compared there too (`timm_name` is for the default registry tests), and
+# its `layout="timm"` export, which the registry tests run for default models only, in
+# tests/test_timm_convnets.py.
 @register(
     Inception3,
     torch_builder="torchvision",
     torchvision_weights="Inception_V3_Weights",
     torchvision_checkpoint=inception_v3_checkpoint,
+    checkpoint_adapter=timm_inception_v3_checkpoint,
+    timm_layout=timm_layout("inception_v3", model_args=_timm_args),
     test_cfg={
         "input_size": (3, 75, 75),
         "slow": True,

@@ -47,7 +47,6 @@ from ..layers import (
 )
 from ._base import FeatureInfo, ZooModel, classifier_head
 from ._convnext import Flatten, trunc_normal
-from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys
 
 T = TypeVar("T", Conv2d, Linear)
@@ -130,7 +129,7 @@ class MBConv(Layer):
             [
                 ("pre_norm", BatchNorm2d(in_channels, **_BN)),
                 ("conv_a", _conv_bn_act(keys, in_channels, mid, 1)),
-                ("conv_b", (DepthwiseConv2d(conv_b), *norm_act)),
+                ("conv_b", (conv_b, *norm_act)),
                 ("squeeze_excitation", se),
                 ("conv_c", _init(Conv2d, mid, out_channels, 1, keys=keys)),
             ]
@@ -573,6 +572,13 @@ class MaxVit(ZooModel):
     def config_kwargs(self) -> dict[str, Any]:
         # Lists, as torchvision's `MaxVit` concatenates `block_channels` with one.
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.options}
+
+    @classmethod
+    def torchvision_code(cls, name: str, options: dict[str, Any]) -> list[str]:
+        # torchvision's `maxvit_t` passes its own architecture options and refuses them (and
+        # `partition_size`, `stochastic_depth_prob`): the class takes them all.
+        args = ", ".join(f"{k}={v!r}" for k, v in (_MAXVIT_T | options).items())
+        return [f"model = torchvision.models.MaxVit({args})"]
 
     def fixed_input_size(self) -> tuple[int, int]:
         return self.input_size

@@ -11,6 +11,11 @@ one (`67.823`, retrained for version 2 in pytorch/vision#1224) have version 2's 
 at `alpha == 1.0` both versions are the same network. So every tag loads here by name, as
 into torchvision's model, with no `torchvision_checkpoint` step; a version-1 checkpoint of
 `alpha != 1.0` (the retired `mnasnet0.5_top1_67.592`) is refused for its stem's shapes.
+
+timm builds the same network as `mnasnet_050`, `mnasnet_075` and `mnasnet_100` (its
+EfficientNet builder's names, `mnasnet_timm_names`; torchvision's BatchNorm momentum as its
+`bn_momentum`): the exports' `layout="timm"` and timm's checkpoints loading. timm has no
+MNASNet 1.3 (its `mnasnet_*` take no width option), so `mnasnet1_3` has no timm layout.
 """
 
 import math
@@ -43,7 +48,7 @@ from ._base import (
     stage_ends,
 )
 from ._efficientnet import DepthwiseConv2d
-from ._mobilenetv2 import _keys
+from ._mobilenetv2 import _keys, timm_block_names, timm_builder_interop
 
 if TYPE_CHECKING:
     import torch
@@ -195,6 +200,8 @@ class MNASNet(ConvHeadModel):
     classifier_path: ClassVar[str] = "classifier.1"
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     global_pool: ClassVar[str] = "avg"
+    # torchvision's MNASNet refuses a state_dict without its module version (2: this stem).
+    torch_state_dict_metadata: ClassVar[dict[str, dict[str, int]]] = {"": {"version": 2}}
     layers: tuple
     classifier: tuple
     alpha: float = eqx.field(static=True)
@@ -299,6 +306,34 @@ def _torchvision_mnasnet(name: str) -> Callable[..., "torch.nn.Module"]:
     return torch_builder
 
 
+def mnasnet_timm_names() -> dict[str, str]:
+    """torchvision's MNASNet module paths (every width) -> timm's `mnasnet_*`: the stem's
+    depthwise separable convolution (`layers.3` to `.7`) is timm's `blocks.0.0`, stack `k`
+    (`layers.{8+k}`) its `blocks.{k+1}`, the head convolution (`layers.14`, `.15`) its
+    `conv_head`, `bn2`."""
+    stem = ["layers.3", "layers.4", "layers.6", "layers.7"]
+    names = {"layers.0": "conv_stem", "layers.1": "bn1"} | timm_block_names(
+        "blocks.0.0", "ds", stem
+    )
+    for k, (*_, repeats) in enumerate(_STACKS):
+        for b in range(repeats):
+            layers = [f"layers.{8 + k}.{b}.layers.{i}" for i in (0, 1, 3, 4, 6, 7)]
+            names |= timm_block_names(f"blocks.{k + 1}.{b}", "ir", layers)
+    return names | {"layers.14": "conv_head", "layers.15": "bn2", "classifier.1": "classifier"}
+
+
+def _timm(architecture: str) -> dict[str, Any]:
+    """timm's same network (MNASNet B1: ReLU, no squeeze-excitation, the last stack without
+    shortcut, 1280 head channels at every width; eps 1e-5), with torchvision's BatchNorm
+    momentum."""
+    return timm_builder_interop(
+        architecture,
+        mnasnet_timm_names(),
+        options={"dropout": "drop_rate"},
+        fixed={"bn_momentum": BN_MOMENTUM},
+    )
+
+
 def _mnasnet(alpha: float, key: PRNGKeyArray | None, kwargs: dict[str, Any]) -> MNASNet:
     return MNASNet(alpha, key=jax.random.key(0) if key is None else key, **kwargs)
 
@@ -316,6 +351,7 @@ _RESIZE_232 = {"crop_pct": 224 / 232}
     MNASNet,
     torch_builder=_torchvision_mnasnet("mnasnet0_5"),
     torchvision_weights="MNASNet0_5_Weights",
+    **_timm("mnasnet_050"),
     test_cfg=_TEST | {"train_parity_large": True},
 )
 def mnasnet0_5(*, key: PRNGKeyArray | None = None, **kwargs) -> MNASNet:
@@ -328,6 +364,7 @@ def mnasnet0_5(*, key: PRNGKeyArray | None = None, **kwargs) -> MNASNet:
     MNASNet,
     torch_builder=_torchvision_mnasnet("mnasnet0_75"),
     torchvision_weights="MNASNet0_75_Weights",
+    **_timm("mnasnet_075"),
     test_cfg=_SLOW,
     **_RESIZE_232,
 )
@@ -340,6 +377,7 @@ def mnasnet0_75(*, key: PRNGKeyArray | None = None, **kwargs) -> MNASNet:
     MNASNet,
     torch_builder=_torchvision_mnasnet("mnasnet1_0"),
     torchvision_weights="MNASNet1_0_Weights",
+    **_timm("mnasnet_100"),
     test_cfg=_SLOW,
 )
 def mnasnet1_0(*, key: PRNGKeyArray | None = None, **kwargs) -> MNASNet:
@@ -347,6 +385,8 @@ def mnasnet1_0(*, key: PRNGKeyArray | None = None, **kwargs) -> MNASNet:
     return _mnasnet(1.0, key, kwargs)
 
 
+# No timm layout: timm has no MNASNet 1.3 (its `mnasnet_140` is another width, and its
+# `mnasnet_*` builders fix the width multiplier).
 @register(
     MNASNet,
     torch_builder=_torchvision_mnasnet("mnasnet1_3"),

@@ -2,10 +2,15 @@
 
 `features` is torchvision's `nn.Sequential` as a tuple (`features.3.conv.1.0.weight`); a call
 returns `(logits, model)` as for every zoo model.
+
+timm builds the same network as `mobilenetv2_100` with its EfficientNet builder, under that
+builder's names (`conv_stem`, `blocks.S.B.conv_dw`, `conv_head`, ...), which
+`timm_builder_interop` (here, shared with MobileNet V3, EfficientNet and MNASNet) maps both
+ways: `save_pretrained(..., layout="timm")` and timm's checkpoints loading.
 """
 
-from collections.abc import Iterator
-from typing import ClassVar, Self
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Self
 
 import equinox as eqx
 import jax
@@ -25,6 +30,7 @@ from ..layers import (
     zeros,
 )
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
+from ._timm import timm_interop
 
 
 def _keys(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
@@ -46,6 +52,155 @@ def classifier_linear(keys: Iterator[PRNGKeyArray], in_features: int, out_featur
     linear = Linear(in_features, out_features, key=next(keys))
     weight = normal(next(keys), linear.weight.shape, 0.01)
     return eqx.tree_at(lambda m: (m.weight, m.bias), linear, (weight, zeros((out_features,))))
+
+
+# -- timm's EfficientNet builder names ------------------------------------------------------------
+# timm builds MobileNet V2 and V3, EfficientNet and MNASNet with one builder
+# (`timm.models._efficientnet_builder`): `conv_stem`, `bn1`, `blocks.{stage}.{block}.*`,
+# `conv_head`, `bn2`, `classifier`. Each block type's layers with parameters, in state_dict
+# order (torchvision's order too); "se" is the squeeze-excitation's `conv_reduce`, `conv_expand`.
+TIMM_BLOCK_LAYERS = {
+    "ds": ("conv_dw", "bn1", "se", "conv_pw", "bn2"),  # DepthwiseSeparableConv (no expansion)
+    "ir": ("conv_pw", "bn1", "conv_dw", "bn2", "se", "conv_pwl", "bn3"),  # InvertedResidual
+    "er": ("conv_exp", "bn1", "conv_pwl", "bn2"),  # EdgeResidual (torchvision's FusedMBConv)
+    "cn": ("conv", "bn1"),  # ConvBnAct (FusedMBConv at expansion 1, MobileNet V3's last conv)
+}
+
+
+def timm_block_names(block: str, kind: str, layers: Sequence[str]) -> dict[str, str]:
+    """One block's torchvision module paths -> timm's.
+
+    **Arguments:**
+
+    - `block`: timm's path of the block (`blocks.2.0`).
+    - `kind`: timm's block type (a `TIMM_BLOCK_LAYERS` key).
+    - `layers`: torchvision's module paths of the block's convolutions, BatchNorms and
+      squeeze-excitation layers (two paths, `fc1` and `fc2`, where it has one), in state_dict
+      order.
+
+    **Returns:** `{torchvision path: timm path}`.
+    """
+    names = [
+        name
+        for layer in TIMM_BLOCK_LAYERS[kind]
+        for name in (("se.conv_reduce", "se.conv_expand") if layer == "se" else (layer,))
+    ]
+    if len(layers) == len(names) - 2:  # two fewer: the block has no squeeze-excitation
+        names = [n for n in names if not n.startswith("se.")]
+    if len(layers) != len(names):
+        raise ValueError(f"a timm {kind!r} block has layers {names}, not {len(layers)}: {layers}")
+    return {tv: f"{block}.{name}" for tv, name in zip(layers, names, strict=True)}
+
+
+def sequential_layers(prefix: str, units: Sequence[str]) -> list[str]:
+    """torchvision's module paths in a `Sequential` of `units`: "cna" a
+    `Conv2dNormActivation` (`{prefix}.{i}.0`, `.1`), "se" a `SqueezeExcitation` (`.fc1`,
+    `.fc2`)."""
+    subs = {"cna": ("0", "1"), "se": ("fc1", "fc2")}
+    return [f"{prefix}.{i}.{sub}" for i, unit in enumerate(units) for sub in subs[unit]]
+
+
+def timm_stages(widths: Sequence[int]) -> list[tuple[int, int]]:
+    """timm's `(stage, block)` of each block, from the blocks' output widths: a stage is a
+    run of blocks of one width (timm's arch strings; the papers' tables)."""
+    out: list[tuple[int, int]] = []
+    for i, width in enumerate(widths):
+        if i and width == widths[i - 1]:
+            out.append((out[-1][0], out[-1][1] + 1))
+        else:
+            out.append((out[-1][0] + 1 if out else 0, 0))
+    return out
+
+
+def _rename(
+    state_dict: Mapping[str, Any],
+    names: Mapping[str, str],
+    reshape: Mapping[str, Any],
+    error: str,
+) -> dict[str, Any]:
+    """`state_dict` with each key's module path (all but the last name) renamed by `names`;
+    `reshape[module]` maps the module's weight (torchvision's Linear <-> timm's 1x1 conv)."""
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        module, _, param = key.rpartition(".")
+        if module not in names:
+            unknown.append(key)
+            continue
+        if module in reshape and param == "weight" and value is not None:
+            value = reshape[module](value)
+        out[f"{names[module]}.{param}"] = value
+    if unknown:
+        raise ValueError(
+            f"{error}: no place for {', '.join(unknown[:5])}" + " ..." * (len(unknown) > 5)
+        )
+    return out
+
+
+def timm_builder_interop(
+    architecture: str,
+    names: Mapping[str, str],
+    *,
+    options: Mapping[str, str],
+    fixed: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    linear_as_conv: Collection[str] = (),
+) -> dict[str, Any]:
+    """`register`'s timm keyword arguments (`timm_interop`) for a network timm's EfficientNet
+    builder makes as `architecture`.
+
+    **Arguments:**
+
+    - `names`: torchvision's module paths -> timm's, for every module with parameters.
+    - `options`: torchvision's options -> timm's `create_model` arguments of the same meaning
+      (`dropout` -> `drop_rate`); passed where not zero.
+    - `fixed`: `create_model` arguments the variant always needs (its BatchNorm's `bn_eps`,
+      `bn_momentum`).
+    - `defaults`: torchvision's options timm has no argument for, at the values where the
+      networks agree; any other value, or any other option, is refused with a `ValueError`
+      (export it with `layout="torchvision"`).
+    - `linear_as_conv`: torchvision `Linear`s that are 1x1 convolutions in timm.
+
+    **Returns:** `timm_layout` and `checkpoint_adapter` (timm's checkpoints hold
+    `conv_stem.weight`, torchvision's never do).
+
+    The adapter renames keys; the BatchNorm options are the torchvision network's. A
+    checkpoint of timm's model built with timm's defaults (eps 1e-5: its own
+    `mobilenetv3_*_100` and `efficientnet_b5` weights, where torchvision's eps is 1e-3), or
+    of a `tf_*` port (the same keys; TensorFlow's "same" padding), loads but computes
+    slightly other logits than in timm.
+    """
+    inverse = {v: k for k, v in names.items()}
+    to_conv = {m: (lambda w: w.reshape(*w.shape, 1, 1)) for m in linear_as_conv}
+    to_linear = {names[m]: (lambda w: w.reshape(*w.shape[:2])) for m in linear_as_conv}
+    fixed, defaults = dict(fixed or {}), dict(defaults or {})
+
+    def to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        error = f"a state_dict timm's {architecture} cannot hold"
+        return _rename(state_dict, names, to_conv, error)
+
+    def to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        error = f"not a timm {architecture} state_dict torchvision's network can hold"
+        return _rename(state_dict, inverse, to_linear, error)
+
+    def model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+        args = dict(fixed)
+        for key, value in kwargs.items():
+            if key in options:
+                if value:
+                    args[options[key]] = float(value)
+            elif key in ("num_classes", "in_chans"):  # timm reads them from config.json
+                continue
+            elif key not in defaults or value != defaults[key]:
+                raise ValueError(
+                    f"timm's {architecture} has no option for {key}={value!r}: export this "
+                    "model with layout='torchvision'"
+                )
+        return args
+
+    return timm_interop(
+        architecture, to_timm, to_torchvision, marker="conv_stem.weight", model_args=model_args
+    )
 
 
 class InvertedResidual(Layer):
@@ -178,11 +333,39 @@ class MobileNetV2(ZooModel):
         return classifier_head(self.classifier, x, pre_logits=pre_logits, key=key)
 
 
+def _mobilenet_v2_timm_names() -> dict[str, str]:
+    """torchvision's `mobilenet_v2` module paths -> timm's `mobilenetv2_100`'s: a stage per
+    `_SETTING` row; a block at expansion 1 is timm's `DepthwiseSeparableConv`."""
+    names = {"features.0.0": "conv_stem", "features.0.1": "bn1"}
+    index = 1
+    for stage, (t, _, n, _) in enumerate(_SETTING):
+        for b in range(n):
+            # At expansion 1 torchvision's block has no expansion conv.
+            subs = ("0.0", "0.1", "1", "2") if t == 1 else ("0.0", "0.1", "1.0", "1.1", "2", "3")
+            layers = [f"features.{index}.conv.{sub}" for sub in subs]
+            names |= timm_block_names(f"blocks.{stage}.{b}", "ds" if t == 1 else "ir", layers)
+            index += 1
+    return names | {
+        f"features.{index}.0": "conv_head",
+        f"features.{index}.1": "bn2",
+        "classifier.1": "classifier",
+    }
+
+
 @register(
     MobileNetV2,
     torch_builder="torchvision",
     torchvision_weights="MobileNet_V2_Weights",
     test_cfg={"no_dropout": {"dropout": 0.0}},
+    # The same network (ReLU6, BatchNorm eps 1e-5, momentum 0.1, the dropout before the
+    # classifier). torchvision's other options are refused where an export records them
+    # (`model_kwargs`; `config_kwargs` has the dropout only).
+    **timm_builder_interop(
+        "mobilenetv2_100",
+        _mobilenet_v2_timm_names(),
+        options={"dropout": "drop_rate"},
+        defaults={"width_mult": 1.0, "inverted_residual_setting": None, "round_nearest": 8},
+    ),
 )
 def mobilenet_v2(*, key: PRNGKeyArray | None = None, **kwargs) -> MobileNetV2:
     """MobileNet V2 (torchvision `mobilenet_v2`). `key` defaults to `jax.random.key(0)`."""

@@ -2,11 +2,16 @@
 
 `features` is torchvision's `nn.Sequential` as a tuple (`features.4.block.2.fc1.weight`); a
 call returns `(logits, model)` as for every zoo model.
+
+timm has both as `mobilenetv3_large_100` and `mobilenetv3_small_100` (its EfficientNet
+builder's names, `_mobilenet_v3_timm_names`; torchvision's BatchNorm options as its `bn_eps`,
+`bn_momentum`): the exports' `layout="timm"` and timm's checkpoints loading. timm pools before
+its `conv_head`, a 1x1 convolution with bias: torchvision's `classifier.0` `Linear`, reshaped.
 """
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import equinox as eqx
 import jax
@@ -24,7 +29,15 @@ from ..layers import (
     run_sequential,
 )
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
-from ._mobilenetv2 import _keys, classifier_linear, make_divisible
+from ._mobilenetv2 import (
+    _keys,
+    classifier_linear,
+    make_divisible,
+    sequential_layers,
+    timm_block_names,
+    timm_builder_interop,
+    timm_stages,
+)
 
 # torchvision's MobileNet V3 BatchNorm (TensorFlow's defaults).
 _BN = {"eps": 0.001, "momentum": 0.01}
@@ -249,10 +262,46 @@ def _mobilenet_v3(arch: str, key, kwargs) -> MobileNetV3:
     )
 
 
+def _mobilenet_v3_timm_names(arch: str) -> dict[str, str]:
+    """torchvision's module paths -> timm's: block `features.i` is timm's `blocks.S.B`
+    (stages: runs of one output width), a `DepthwiseSeparableConv` where it has no expansion;
+    the last conv, `features.{n+1}`, timm's last stage (a `ConvBnAct`); `classifier.0` its
+    `conv_head`."""
+    setting, _ = mobilenet_v3_conf(arch)
+    names = {"features.0.0": "conv_stem", "features.0.1": "bn1"}
+    stages = timm_stages([cnf.out_channels for cnf in setting])
+    for i, (cnf, (stage, b)) in enumerate(zip(setting, stages, strict=True), start=1):
+        expands = cnf.expanded_channels != cnf.input_channels
+        units = ["cna"] * expands + ["cna"] + ["se"] * cnf.use_se + ["cna"]
+        layers = sequential_layers(f"features.{i}.block", units)
+        names |= timm_block_names(f"blocks.{stage}.{b}", "ir" if expands else "ds", layers)
+    last = len(setting) + 1
+    head = [f"features.{last}.0", f"features.{last}.1"]
+    names |= timm_block_names(f"blocks.{stages[-1][0] + 1}.0", "cn", head)
+    return names | {"classifier.0": "conv_head", "classifier.3": "classifier"}
+
+
+def _timm(architecture: str, arch: str) -> dict[str, Any]:
+    """timm's same network: its hard-swish, hard-sigmoid gates, SE widths
+    (`make_divisible(expanded / 4, 8)`), padding and head (pool, 1x1 conv with bias,
+    hard-swish, dropout, classifier) are torchvision's. Its dilated and reduced-tail
+    variants and other widths are other timm models (refused: export with
+    layout='torchvision')."""
+    return timm_builder_interop(
+        architecture,
+        _mobilenet_v3_timm_names(arch),
+        options={"dropout": "drop_rate"},
+        fixed={"bn_eps": _BN["eps"], "bn_momentum": _BN["momentum"]},
+        defaults={"width_mult": 1.0, "reduced_tail": False, "dilated": False},
+        linear_as_conv=("classifier.0",),
+    )
+
+
 # The large variant: float64 parity only, with `pytest -m large` (as the deep ResNets).
 @register(
     MobileNetV3,
     torchvision_weights="MobileNet_V3_Large_Weights",
+    **_timm("mobilenetv3_large_100", "mobilenet_v3_large"),
     test_cfg=_TEST | {"slow": True},
     **_CFG,
 )
@@ -261,7 +310,13 @@ def mobilenet_v3_large(*, key: PRNGKeyArray | None = None, **kwargs) -> MobileNe
     return _mobilenet_v3("mobilenet_v3_large", key, kwargs)
 
 
-@register(MobileNetV3, torchvision_weights="MobileNet_V3_Small_Weights", test_cfg=_TEST, **_CFG)
+@register(
+    MobileNetV3,
+    torchvision_weights="MobileNet_V3_Small_Weights",
+    **_timm("mobilenetv3_small_100", "mobilenet_v3_small"),
+    test_cfg=_TEST,
+    **_CFG,
+)
 def mobilenet_v3_small(*, key: PRNGKeyArray | None = None, **kwargs) -> MobileNetV3:
     """MobileNet V3 small (torchvision `mobilenet_v3_small`)."""
     return _mobilenet_v3("mobilenet_v3_small", key, kwargs)

@@ -4,11 +4,17 @@ Attribute paths equal torchvision's state_dict keys (`trunk_output.block2.block2
 torchvision names its stages and blocks (`block2`, `block2-0`): those containers are
 `NamedSequential`s, whose members carry torch's names, hyphens included. A call returns
 `(logits, model)` as for every zoo model.
+
+timm has each variant (`regnety_004`, `regnetx_004_tv`, ...: see `_TIMM`) under its own
+names (`stem.conv`, `s1.b1.conv1.bn`, `head.fc`): `torchvision_regnet_to_timm` and
+`timm_regnet_to_torchvision` map them, for `save_pretrained(..., layout="timm")` and for
+loading timm's checkpoints.
 """
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import equinox as eqx
@@ -32,6 +38,7 @@ from ..layers import (
 )
 from ._base import FeatureInfo, ZooModel, _is_none
 from ._mobilenetv2 import _keys, classifier_linear, make_divisible
+from ._timm import timm_interop
 
 # torchvision's `_regnet` default norm layer: `partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1)`.
 _BN = {"eps": 1e-5, "momentum": 0.1}
@@ -372,24 +379,135 @@ def _regnet(key: PRNGKeyArray | None, kwargs: dict, **init_params: Any) -> RegNe
     return RegNet(block_params, key=jax.random.key(0) if key is None else key, **kwargs)
 
 
+# timm's RegNet names (`timm.models.regnet`; its `_filter_fn` knows torchvision's too) for a
+# block's torchvision modules. timm numbers its blocks from 1 (`s2.b1` is `block2-0`).
+_TIMM_BLOCK = {
+    "proj.0": "downsample.conv",
+    "proj.1": "downsample.bn",
+    "f.a.0": "conv1.conv",
+    "f.a.1": "conv1.bn",
+    "f.b.0": "conv2.conv",
+    "f.b.1": "conv2.bn",
+    "f.se.fc1": "se.fc1",
+    "f.se.fc2": "se.fc2",
+    "f.c.0": "conv3.conv",
+    "f.c.1": "conv3.bn",
+}
+_PARAM = r"(?:weight|bias|running_mean|running_var|num_batches_tracked)"
+_TV_KEY = re.compile(
+    rf"stem\.(?P<stem>[01])\.(?P<p0>{_PARAM})"
+    rf"|trunk_output\.block(?P<s>\d+)\.block(?P=s)-(?P<b>\d+)\."
+    rf"(?P<layer>proj\.[01]|f\.(?:[abc]\.[01]|se\.fc[12]))\.(?P<p1>{_PARAM})"
+    r"|fc\.(?P<p2>weight|bias)"
+)
+_TIMM_KEY = re.compile(
+    rf"stem\.(?P<stem>conv|bn)\.(?P<p0>{_PARAM})"
+    rf"|s(?P<s>\d+)\.b(?P<b>\d+)\."
+    rf"(?P<layer>downsample\.(?:conv|bn)|conv[123]\.(?:conv|bn)|se\.fc[12])\.(?P<p1>{_PARAM})"
+    r"|head\.fc\.(?P<p2>weight|bias)"
+)
+
+
+def _no_place(what: str, unknown: list[str]) -> ValueError:
+    more = " ..." if len(unknown) > 5 else ""
+    return ValueError(f"not a {what}: no place for {', '.join(unknown[:5])}{more}")
+
+
+def torchvision_regnet_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A torchvision RegNet state_dict under timm's `RegNet` keys (`stem.conv`,
+    `s{S}.b{B+1}.{conv1, conv2, se, conv3, downsample}`, `head.fc`), key by key, values
+    as they are, in the same order.
+
+    **Raises:** `ValueError` for a key timm's RegNet has no place for.
+    """
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        m = _TV_KEY.fullmatch(key)
+        if m is None:
+            unknown.append(key)
+        elif m["stem"] is not None:
+            out[f"stem.{'conv' if m['stem'] == '0' else 'bn'}.{m['p0']}"] = value
+        elif m["s"] is not None:
+            block = f"s{m['s']}.b{int(m['b']) + 1}"
+            out[f"{block}.{_TIMM_BLOCK[m['layer']]}.{m['p1']}"] = value
+        else:
+            out[f"head.fc.{m['p2']}"] = value
+    if unknown:
+        raise _no_place("torchvision RegNet state_dict timm's RegNet can hold", unknown)
+    return out
+
+
+def timm_regnet_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `torchvision_regnet_to_timm`: a timm RegNet X or Y state_dict
+    (`timm.create_model("regnety_004")`'s) under torchvision's keys, in the same order, so
+    `zoo.load("regnet_y_400mf", weights=...)` and torchvision's `regnet_y_400mf` load it.
+
+    **Raises:** `ValueError` for a key torchvision's RegNet has no place for (timm's RegNet
+    Z and V, its `final_conv`, or another model's checkpoint).
+    """
+    block = {v: k for k, v in _TIMM_BLOCK.items()}
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        m = _TIMM_KEY.fullmatch(key)
+        if m is None or (m["b"] is not None and m["b"] == "0"):
+            unknown.append(key)
+        elif m["stem"] is not None:
+            out[f"stem.{0 if m['stem'] == 'conv' else 1}.{m['p0']}"] = value
+        elif m["s"] is not None:
+            prefix = f"trunk_output.block{m['s']}.block{m['s']}-{int(m['b']) - 1}"
+            out[f"{prefix}.{block[m['layer']]}.{m['p1']}"] = value
+        else:
+            out[f"fc.{m['p2']}"] = value
+    if unknown:
+        raise _no_place("timm RegNet state_dict torchvision's RegNet can hold", unknown)
+    return out
+
+
+def _timm(architecture: str) -> dict[str, Any]:
+    # The same network: timm's BatchNorms are torch's defaults (eps 1e-5, momentum 0.1), its
+    # SE squeezes to round(0.25 * block input width) with a ReLU, its stages split where the
+    # width changes; `_tv` variants round the bottleneck widths to their group width as
+    # torchvision does (`make_divisible`), where timm's originals round to nearest.
+    return timm_interop(
+        architecture,
+        torchvision_regnet_to_timm,
+        timm_regnet_to_torchvision,
+        marker="stem.conv.weight",
+    )
+
+
 _CFG = {"torch_builder": "torchvision"}
 # Every variant but the smallest: float64 parity at the default test size, with `-m large`.
 _SLOW = {"slow": True}
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_400MF_Weights", **_CFG)
+@register(RegNet, torchvision_weights="RegNet_Y_400MF_Weights", **_CFG, **_timm("regnety_004"))
 def regnet_y_400mf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-400MF (torchvision `regnet_y_400mf`). `key` defaults to `jax.random.key(0)`."""
     return _regnet(key, kwargs, depth=16, w_0=48, w_a=27.89, w_m=2.09, group_width=8, se_ratio=0.25)
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_800MF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_Y_800MF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnety_008_tv"),
+)
 def regnet_y_800mf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-800MF (torchvision `regnet_y_800mf`)."""
     return _regnet(key, kwargs, depth=14, w_0=56, w_a=38.84, w_m=2.4, group_width=16, se_ratio=0.25)
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_1_6GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_Y_1_6GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnety_016"),
+)
 def regnet_y_1_6gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-1.6GF (torchvision `regnet_y_1_6gf`)."""
     return _regnet(
@@ -397,7 +515,13 @@ def regnet_y_1_6gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     )
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_3_2GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_Y_3_2GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnety_032"),
+)
 def regnet_y_3_2gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-3.2GF (torchvision `regnet_y_3_2gf`)."""
     return _regnet(
@@ -405,7 +529,13 @@ def regnet_y_3_2gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     )
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_8GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_Y_8GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnety_080_tv"),
+)
 def regnet_y_8gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-8GF (torchvision `regnet_y_8gf`)."""
     return _regnet(
@@ -413,7 +543,13 @@ def regnet_y_8gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     )
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_16GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_Y_16GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnety_160"),
+)
 def regnet_y_16gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-16GF (torchvision `regnet_y_16gf`)."""
     return _regnet(
@@ -421,7 +557,13 @@ def regnet_y_16gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     )
 
 
-@register(RegNet, torchvision_weights="RegNet_Y_32GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_Y_32GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnety_320"),
+)
 def regnet_y_32gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-32GF (torchvision `regnet_y_32gf`)."""
     return _regnet(
@@ -439,6 +581,7 @@ def regnet_y_32gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     interpolation="bicubic",
     crop_pct=1.0,
     **_CFG,
+    **_timm("regnety_1280"),
 )
 def regnet_y_128gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetY-128GF (torchvision `regnet_y_128gf`; 645M parameters)."""
@@ -447,43 +590,85 @@ def regnet_y_128gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     )
 
 
-@register(RegNet, torchvision_weights="RegNet_X_400MF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_400MF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_004_tv"),
+)
 def regnet_x_400mf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-400MF (torchvision `regnet_x_400mf`)."""
     return _regnet(key, kwargs, depth=22, w_0=24, w_a=24.48, w_m=2.54, group_width=16)
 
 
-@register(RegNet, torchvision_weights="RegNet_X_800MF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_800MF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_008"),
+)
 def regnet_x_800mf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-800MF (torchvision `regnet_x_800mf`)."""
     return _regnet(key, kwargs, depth=16, w_0=56, w_a=35.73, w_m=2.28, group_width=16)
 
 
-@register(RegNet, torchvision_weights="RegNet_X_1_6GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_1_6GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_016"),
+)
 def regnet_x_1_6gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-1.6GF (torchvision `regnet_x_1_6gf`)."""
     return _regnet(key, kwargs, depth=18, w_0=80, w_a=34.01, w_m=2.25, group_width=24)
 
 
-@register(RegNet, torchvision_weights="RegNet_X_3_2GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_3_2GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_032"),
+)
 def regnet_x_3_2gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-3.2GF (torchvision `regnet_x_3_2gf`)."""
     return _regnet(key, kwargs, depth=25, w_0=88, w_a=26.31, w_m=2.25, group_width=48)
 
 
-@register(RegNet, torchvision_weights="RegNet_X_8GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_8GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_080"),
+)
 def regnet_x_8gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-8GF (torchvision `regnet_x_8gf`)."""
     return _regnet(key, kwargs, depth=23, w_0=80, w_a=49.56, w_m=2.88, group_width=120)
 
 
-@register(RegNet, torchvision_weights="RegNet_X_16GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_16GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_160"),
+)
 def regnet_x_16gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-16GF (torchvision `regnet_x_16gf`)."""
     return _regnet(key, kwargs, depth=22, w_0=216, w_a=55.59, w_m=2.1, group_width=128)
 
 
-@register(RegNet, torchvision_weights="RegNet_X_32GF_Weights", test_cfg=_SLOW, **_CFG)
+@register(
+    RegNet,
+    torchvision_weights="RegNet_X_32GF_Weights",
+    test_cfg=_SLOW,
+    **_CFG,
+    **_timm("regnetx_320"),
+)
 def regnet_x_32gf(*, key: PRNGKeyArray | None = None, **kwargs) -> RegNet:
     """RegNetX-32GF (torchvision `regnet_x_32gf`)."""
     return _regnet(key, kwargs, depth=23, w_0=320, w_a=69.86, w_m=2.0, group_width=168)

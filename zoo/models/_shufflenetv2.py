@@ -24,7 +24,6 @@ from ..layers import (
     run_sequential,
 )
 from ._base import ConvHeadModel, FeatureInfo, head_stage_ends, run_stages
-from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys
 
 
@@ -40,11 +39,10 @@ def channel_shuffle(
     return jnp.swapaxes(grouped, axis, axis + 1).reshape(x.shape)
 
 
-def _depthwise_conv(keys: Iterator[PRNGKeyArray], channels: int, stride: int) -> DepthwiseConv2d:
+def _depthwise_conv(keys: Iterator[PRNGKeyArray], channels: int, stride: int) -> Conv2d:
     """torchvision's `InvertedResidual.depthwise_conv`: 3x3, padding 1, no bias, torch's
     default initialisation."""
-    conv = Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False, key=next(keys))
-    return DepthwiseConv2d(conv)
+    return Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False, key=next(keys))
 
 
 def _conv1x1(keys: Iterator[PRNGKeyArray], in_channels: int, out_channels: int) -> Conv2d:

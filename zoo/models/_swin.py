@@ -8,10 +8,19 @@ a tuple of blocks (`features.1.0.attn.qkv.weight`) and, between stages, a patch 
 attention holds its `relative_position_index` (and in V2 its `relative_coords_table`), torch's
 persistent buffers, at torch's place in the state_dict. A call returns `(logits, model)` as
 for every zoo model.
+
+timm's `swin_{tiny,small,base}_patch4_window7_224` and `swinv2_{tiny,small,base}_window8_256`
+are the same networks under other names (`torchvision_swin_to_timm`,
+`timm_swin_to_torchvision`): `save_pretrained(..., layout="timm")` writes what timm reads,
+and `zoo.load` reads timm's (and Microsoft's original) checkpoints. timm computes
+torchvision's function only at sizes where no stage pads its map to window multiples, and
+its model takes one size: the export records 224 (V2: 256).
 """
 
+import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import equinox as eqx
@@ -41,6 +50,7 @@ from ..layers._norm import statistic_value
 from ._base import FeatureInfo, ZooModel, run_stages
 from ._convnext import _init_weights, trunc_normal
 from ._mobilenetv2 import _keys
+from ._timm import timm_interop
 
 if TYPE_CHECKING:
     import torch
@@ -571,6 +581,21 @@ class SwinTransformer(ZooModel):
         return dict(self.options)
 
     @classmethod
+    def torchvision_code(cls, name: str, options: dict[str, Any]) -> list[str]:
+        # torchvision's `swin_t` and siblings refuse `stochastic_depth_prob` (they pass
+        # their own): another rate is set on the blocks afterwards, by torchvision's rule.
+        options = dict(options)
+        rate = options.pop("stochastic_depth_prob", _VARIANTS[name][4])
+        lines = super().torchvision_code(name, options)
+        if rate != _VARIANTS[name][4]:
+            lines += [
+                "blocks = [block for stage in model.features[1::2] for block in stage]",
+                "for i, block in enumerate(blocks):",
+                f"    block.stochastic_depth.p = {rate!r} * i / (len(blocks) - 1)",
+            ]
+        return lines
+
+    @classmethod
     def torch_feature_map(cls, output: Any, info: FeatureInfo) -> Any:
         """A stage's output as torchvision computes it (NHWC) as the NCHW map."""
         del info
@@ -643,16 +668,300 @@ def _torchvision_swin(name: str) -> Callable[..., "torch.nn.Module"]:
     return torch_builder
 
 
+# -- timm's names ------------------------------------------------------------------------------
+# timm's Swin (`timm.models.swin_transformer`, V2 `swin_transformer_v2`) built with
+# `img_size` computes torchvision's function at that size where every stage's map is a
+# whole number of windows (224 k to 224 k + 3 pixels a side for V1's 7-pixel windows,
+# 256 k to 256 k + 3 for V2's 8): there neither pads, and the cyclic shift, its -100 mask,
+# the 2x2 merging order (top-left, bottom-left, top-right, bottom-right), the relative
+# position bias (V2: `16 sigmoid(cpb_mlp(...))` over the same log-spaced table,
+# `logit_scale` clamped at log(100)), the LayerNorms (eps 1e-5), exact GELU and the head are
+# the same. Elsewhere they differ: timm shifts the map before padding it to window
+# multiples, torchvision after, and timm shrinks a window to a map smaller than it (and its
+# bias table with it) where torchvision pads the map. timm's model refuses any input but
+# its `img_size` (`strict_img_size`), so a `layout="timm"` export records 224 (V2: 256);
+# timm's `dynamic_img_size=True` runs other sizes with the windows and shifts fixed for
+# `img_size`: not torchvision's function (at 448x448 the last stage's 14x14 map is not
+# shifted by timm, and is by torchvision).
+_TV_SWIN_KEY = re.compile(
+    r"features\.0\.(?P<stem>[02])\.(?P<p0>weight|bias)"
+    r"|features\.(?P<f>\d+)\.(?:(?P<b>\d+)\.(?P<rest>"
+    r"norm[12]\.(?:weight|bias)|mlp\.[03]\.(?:weight|bias)"
+    r"|attn\.(?:relative_position_bias_table|relative_position_index|relative_coords_table"
+    r"|logit_scale|(?:qkv|proj)\.(?:weight|bias)|cpb_mlp\.(?:0\.weight|0\.bias|2\.weight)))"
+    r"|(?P<merge>reduction\.weight|norm\.weight|norm\.bias))"
+    r"|(?P<top>norm|head)\.(?P<p1>weight|bias)"
+)
+_TIMM_SWIN_KEY = re.compile(
+    r"patch_embed\.(?P<stem>proj|norm)\.(?P<p0>weight|bias)"
+    r"|layers\.(?P<s>\d+)\.(?:blocks\.(?P<b>\d+)\.(?P<rest>"
+    r"norm[12]\.(?:weight|bias)|mlp\.fc[12]\.(?:weight|bias)"
+    r"|attn\.(?:relative_position_bias_table|logit_scale|[qv]_bias|(?:qkv|proj)\.(?:weight|bias)"
+    r"|cpb_mlp\.(?:0\.weight|0\.bias|2\.weight)))"
+    r"|downsample\.(?P<merge>reduction\.weight|norm\.weight|norm\.bias))"
+    r"|(?P<top>norm|head\.fc|head)\.(?P<p1>weight|bias)"
+)
+# Buffers torchvision saves and timm computes at construction (not in its state_dict).
+_SWIN_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
+# torchvision's order of a block's entries (V1 and V2 together) and a merging's.
+_TV_SWIN_BLOCK_ORDER = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.logit_scale",
+    "attn.relative_position_bias_table",
+    "attn.relative_coords_table",
+    "attn.relative_position_index",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "attn.cpb_mlp.0.weight",
+    "attn.cpb_mlp.0.bias",
+    "attn.cpb_mlp.2.weight",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.0.weight",
+    "mlp.0.bias",
+    "mlp.3.weight",
+    "mlp.3.bias",
+)
+_TV_SWIN_MERGE_ORDER = ("reduction.weight", "norm.weight", "norm.bias")
+
+
+def _refuse(unknown: list[str], what: str) -> None:
+    if unknown:
+        raise ValueError(
+            f"{what}: no place for {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
+
+
+def _copy(value: Any) -> Any:
+    """A slice as its own tensor or array (safetensors refuses tensors sharing memory)."""
+    return value.clone() if hasattr(value, "clone") else np.array(value, copy=True)
+
+
+def _as(like: Any, array: np.ndarray) -> Any:
+    """`array` as the kind of `like`: a torch tensor where the checkpoint holds torch's."""
+    if type(like).__module__.startswith("torch"):
+        import torch
+
+        return torch.from_numpy(array)
+    return array
+
+
+def _qkv_bias(q_bias: Any, v_bias: Any) -> Any:
+    """torchvision's V2 `qkv.bias` from timm's `q_bias` and `v_bias`: the key's third zero
+    (torchvision zeroes it at run time; timm has no key bias)."""
+    if type(q_bias).__module__.startswith("torch"):
+        import torch
+
+        return torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
+    return np.concatenate([q_bias, np.zeros_like(q_bias), v_bias])
+
+
+def torchvision_swin_to_timm(state_dict: Mapping[str, Any], *, v2: bool = False) -> dict[str, Any]:
+    """A torchvision Swin state_dict (`swin_t`'s, or with `v2=True` `swin_v2_t`'s, and the
+    other sizes') under timm's keys (`timm.create_model("swin_tiny_patch4_window7_224")`'s,
+    `"swinv2_tiny_window8_256"`'s), key by key, in torchvision's order.
+
+    Renames `features.0.{0, 2}` to `patch_embed.{proj, norm}`, the blocks `features.{2S+1}.B`
+    to `layers.S.blocks.B` (`mlp.{0, 3}` to `mlp.{fc1, fc2}`), the merging before stage `S`,
+    `features.{2S}`, to `layers.S.downsample` (timm merges at a stage's start), and `head` to
+    `head.fc`. The buffers `relative_position_index` (and V2's `relative_coords_table`),
+    which timm computes, are left out. With `v2`, `attn.qkv.bias` becomes timm's `q_bias` and
+    `v_bias`, its first and last thirds: the key's third, which torchvision zeroes before
+    use, is left out (the function is unchanged).
+
+    **Raises:** `ValueError` for a key timm's Swin has no place for.
+    """
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        m = _TV_SWIN_KEY.fullmatch(key)
+        if m is None:
+            unknown.append(key)
+        elif m["stem"] is not None:
+            out[f"patch_embed.{'proj' if m['stem'] == '0' else 'norm'}.{m['p0']}"] = value
+        elif m["top"] is not None:
+            out[f"{'norm' if m['top'] == 'norm' else 'head.fc'}.{m['p1']}"] = value
+        elif m["b"] is not None and int(m["f"]) % 2 == 1:
+            prefix, rest = f"layers.{int(m['f']) // 2}.blocks.{m['b']}", m["rest"]
+            if rest.split(".")[-1] in _SWIN_BUFFERS:
+                continue
+            if v2 and rest == "attn.qkv.bias":
+                third = value.shape[0] // 3
+                out[f"{prefix}.attn.q_bias"] = _copy(value[:third])
+                out[f"{prefix}.attn.v_bias"] = _copy(value[2 * third :])
+                continue
+            if rest.startswith("mlp."):  # mlp.0, mlp.3 (not cpb_mlp's)
+                rest = f"mlp.fc{1 if rest[4] == '0' else 2}{rest[5:]}"
+            out[f"{prefix}.{rest}"] = value
+        elif m["merge"] is not None and int(m["f"]) % 2 == 0 and m["f"] != "0":
+            out[f"layers.{int(m['f']) // 2}.downsample.{m['merge']}"] = value
+        else:
+            unknown.append(key)
+    _refuse(unknown, "not a torchvision Swin state_dict timm's Swin can hold")
+    return out
+
+
+def _window(table: Any, window_size: Sequence[int] | None) -> tuple[int, int]:
+    """The attention window: `window_size`, checked against a V1 bias table's rows,
+    `(2 h - 1) (2 w - 1)`, or read from them (square windows)."""
+    if table is not None:
+        rows = int(table.shape[0])
+        side = (math.isqrt(rows) + 1) // 2
+        if window_size is None and (2 * side - 1) ** 2 == rows:
+            return side, side
+        if window_size is None or (2 * window_size[0] - 1) * (2 * window_size[1] - 1) != rows:
+            raise ValueError(
+                f"relative_position_bias_table has {rows} rows: not a window of "
+                f"{window_size}; pass the checkpoint's window_size"
+            )
+    if window_size is None:
+        raise ValueError(
+            "a timm Swin V2 state_dict does not record its window: pass window_size "
+            "(8 for swinv2_*_window8_256, torchvision's swin_v2_*)"
+        )
+    return int(window_size[0]), int(window_size[1])
+
+
+def _tv_rank(key: str) -> tuple:
+    """A torchvision Swin key's place in its state_dict."""
+    parts = key.split(".")
+    if parts[0] != "features":
+        return (math.inf, parts[0] == "head", parts[-1] == "bias")
+    if parts[1] == "0":
+        return (0, 0, parts[2] == "2", parts[3] == "bias")
+    if parts[2].isdigit():
+        return (int(parts[1]), int(parts[2]), _TV_SWIN_BLOCK_ORDER.index(".".join(parts[3:])))
+    return (int(parts[1]), 0, _TV_SWIN_MERGE_ORDER.index(".".join(parts[2:])))
+
+
+def timm_swin_to_torchvision(
+    state_dict: Mapping[str, Any], *, window_size: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """A timm Swin or Swin V2 state_dict (`timm.create_model("swin_tiny_patch4_window7_224")`'s,
+    `"swinv2_tiny_window8_256"`'s, and the other sizes'; or Microsoft's original checkpoints,
+    which merge at a stage's end and name the classifier `head`) under torchvision's keys, so
+    `zoo.load("swin_t", weights=...)` and torchvision's `swin_t` load it.
+
+    The inverse of `torchvision_swin_to_timm`: V2's `q_bias` and `v_bias` become `qkv.bias`
+    with a zero key third, and the buffers timm leaves out of its state_dict
+    (`relative_position_index`, V2's `relative_coords_table`) are computed for the window;
+    a checkpoint's own copies (Microsoft's, and their `attn_mask`) are dropped for them.
+
+    **Arguments:**
+
+    - `state_dict`: timm's keys to tensors (torch or NumPy); wrapper prefixes stripped.
+    - `window_size`: the attention window `(h, w)`. A V1 checkpoint's bias table gives it
+      (square windows); a V2 checkpoint records none, so it is needed: 8 for torchvision's
+      V2 and timm's `swinv2_*_window8_256` (timm's `window16` checkpoints have the same keys
+      and shapes and compute another function).
+
+    **Returns:** a new dict with torchvision's keys, in torchvision's order.
+
+    **Raises:** `ValueError` for a key torchvision's Swin has no place for, a `q_bias`
+    without its `v_bias`, or a window the bias table does not fit.
+    """
+    # Microsoft's checkpoints hold stage 0's merging (timm's filter shifts them the same way).
+    microsoft = "layers.0.downsample.reduction.weight" in state_dict
+    out: dict[str, Any] = {}
+    attention: dict[str, dict[str, Any]] = {}  # each block's q_bias, v_bias, bias table
+    unknown = []
+    for key, value in state_dict.items():
+        m = _TIMM_SWIN_KEY.fullmatch(key)
+        if key.split(".")[-1] in _SWIN_BUFFERS:
+            continue
+        if m is None:
+            unknown.append(key)
+        elif m["stem"] is not None:
+            out[f"features.0.{'0' if m['stem'] == 'proj' else '2'}.{m['p0']}"] = value
+        elif m["top"] is not None:
+            out[f"{'norm' if m['top'] == 'norm' else 'head'}.{m['p1']}"] = value
+        elif m["merge"] is not None:
+            out[f"features.{2 * (int(m['s']) + microsoft)}.{m['merge']}"] = value
+        else:
+            prefix, rest = f"features.{2 * int(m['s']) + 1}.{m['b']}", m["rest"]
+            if rest in ("attn.q_bias", "attn.v_bias", "attn.relative_position_bias_table"):
+                attention.setdefault(prefix, {})[rest.removeprefix("attn.")] = value
+                if rest != "attn.relative_position_bias_table":
+                    continue
+            elif rest == "attn.logit_scale":
+                attention.setdefault(prefix, {})["v2"] = value
+            if rest.startswith("mlp."):  # mlp.fc1, mlp.fc2 (not cpb_mlp's)
+                rest = f"mlp.{0 if rest[6] == '1' else 3}{rest[7:]}"
+            out[f"{prefix}.{rest}"] = value
+    _refuse(unknown, "not a timm Swin state_dict torchvision's Swin can hold")
+    for prefix, entries in attention.items():
+        like = next(iter(entries.values()))
+        if ("q_bias" in entries) != ("v_bias" in entries):
+            raise ValueError(f"{prefix}: timm's q_bias and v_bias come together; one is missing")
+        if "q_bias" in entries:
+            out[f"{prefix}.attn.qkv.bias"] = _qkv_bias(entries["q_bias"], entries["v_bias"])
+        h, w = _window(entries.get("relative_position_bias_table"), window_size)
+        index = relative_position_index(h, w).reshape(-1).astype(np.int64)
+        out[f"{prefix}.attn.relative_position_index"] = _as(like, index)
+        if "v2" in entries:
+            out[f"{prefix}.attn.relative_coords_table"] = _as(like, relative_coords_table((h, w)))
+    return dict(sorted(out.items(), key=lambda item: _tv_rank(item[0])))
+
+
+# Options the export may record beside the model's `config_kwargs()`: timm reads them from
+# config.json's `num_classes` and `input_size`.
+_TIMM_READS = ("num_classes", "in_chans")
+
+
+def _timm(arch: str, architecture: str) -> dict[str, Any]:
+    """`register`'s timm hooks for `arch`, timm's `architecture`: the key maps (V2's
+    `q_bias`, `v_bias`; the window for the buffers timm does not save), and timm's options:
+    `img_size`, the size at which timm computes torchvision's function (224, V2 256: timm
+    refuses other inputs), `drop_path_rate` (timm's default is 0.1; its rates rise linearly
+    over the blocks from 0, as torchvision's), and where set torchvision's `dropout` (timm's
+    `proj_drop_rate`: the attention's projection and the MLP), `attention_dropout`
+    (`attn_drop_rate`) and `mlp_ratio`."""
+    _, _, _, window, stochastic_depth_prob, v2 = _VARIANTS[arch]
+    known = {"mlp_ratio", "dropout", "attention_dropout", "stochastic_depth_prob", *_TIMM_READS}
+
+    def model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(
+                f"{arch} options {unknown} have no timm equivalent: export it with "
+                "layout='torchvision'"
+            )
+        rate = kwargs.get("stochastic_depth_prob", stochastic_depth_prob)
+        args: dict[str, Any] = {"img_size": 256 if v2 else 224, "drop_path_rate": float(rate)}
+        if float(kwargs.get("mlp_ratio", 4.0)) != 4.0:
+            args["mlp_ratio"] = float(kwargs["mlp_ratio"])
+        if kwargs.get("dropout"):
+            args["proj_drop_rate"] = float(kwargs["dropout"])
+        if kwargs.get("attention_dropout"):
+            args["attn_drop_rate"] = float(kwargs["attention_dropout"])
+        return args
+
+    return timm_interop(
+        architecture,
+        functools.partial(torchvision_swin_to_timm, v2=v2),
+        functools.partial(timm_swin_to_torchvision, window_size=(window, window)),
+        marker="patch_embed.proj.weight",
+        model_args=model_args,
+    )
+
+
 # 65x49: a 16x12 first map, larger than the window, so the shifted-window mask, the padding
 # to window multiples and (deeper, 4x3 and 2x2 maps) the unshifted padded windows all run.
 # `train_parity_large`: swin_t's float64 train step takes over a minute here (a shared
 # 2-core machine); tests/test_swin.py covers train mode (V1 and V2) at a tiny configuration.
+# `timm_input_size`: the one size timm's Swin takes from a `layout="timm"` export (every
+# stage's map a whole number of windows), where it computes torchvision's function.
 _TEST = {
     "input_size": (3, 65, 49),
     "no_dropout": {"stochastic_depth_prob": 0.0},
     "train_parity_large": True,
+    "timm_input_size": (3, 224, 224),
 }
 _SLOW = _TEST | {"slow": True}
+_SLOW_V2 = _SLOW | {"timm_input_size": (3, 256, 256)}
 
 
 def _preprocessing(crop: int, resize: int) -> dict[str, Any]:
@@ -663,6 +972,7 @@ def _preprocessing(crop: int, resize: int) -> dict[str, Any]:
 @register(
     SwinTransformer,
     torch_builder=_torchvision_swin("swin_t"),
+    **_timm("swin_t", "swin_tiny_patch4_window7_224"),
     torchvision_weights="Swin_T_Weights",
     test_cfg=_TEST,
     **_preprocessing(224, 232),
@@ -677,6 +987,7 @@ def swin_t(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
 @register(
     SwinTransformer,
     torch_builder=_torchvision_swin("swin_s"),
+    **_timm("swin_s", "swin_small_patch4_window7_224"),
     torchvision_weights="Swin_S_Weights",
     test_cfg=_SLOW,
     **_preprocessing(224, 246),
@@ -689,6 +1000,7 @@ def swin_s(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
 @register(
     SwinTransformer,
     torch_builder=_torchvision_swin("swin_b"),
+    **_timm("swin_b", "swin_base_patch4_window7_224"),
     torchvision_weights="Swin_B_Weights",
     test_cfg=_SLOW,
     **_preprocessing(224, 238),
@@ -701,8 +1013,9 @@ def swin_b(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
 @register(
     SwinTransformer,
     torch_builder=_torchvision_swin("swin_v2_t"),
+    **_timm("swin_v2_t", "swinv2_tiny_window8_256"),
     torchvision_weights="Swin_V2_T_Weights",
-    test_cfg=_SLOW,
+    test_cfg=_SLOW_V2,
     **_preprocessing(256, 260),
 )
 def swin_v2_t(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
@@ -713,8 +1026,9 @@ def swin_v2_t(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
 @register(
     SwinTransformer,
     torch_builder=_torchvision_swin("swin_v2_s"),
+    **_timm("swin_v2_s", "swinv2_small_window8_256"),
     torchvision_weights="Swin_V2_S_Weights",
-    test_cfg=_SLOW,
+    test_cfg=_SLOW_V2,
     **_preprocessing(256, 260),
 )
 def swin_v2_s(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
@@ -725,8 +1039,9 @@ def swin_v2_s(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:
 @register(
     SwinTransformer,
     torch_builder=_torchvision_swin("swin_v2_b"),
+    **_timm("swin_v2_b", "swinv2_base_window8_256"),
     torchvision_weights="Swin_V2_B_Weights",
-    test_cfg=_SLOW,
+    test_cfg=_SLOW_V2,
     **_preprocessing(256, 272),
 )
 def swin_v2_b(*, key: PRNGKeyArray | None = None, **kwargs) -> SwinTransformer:

@@ -2,10 +2,14 @@
 
 `features` and `classifier` are torchvision's `nn.Sequential`s as tuples (`features.3.weight`,
 `classifier.6.weight`); a call returns `(logits, model)` as for every zoo model.
+
+timm's `vgg*` checkpoints load (`timm_vgg_to_torchvision`); there is no `layout="timm"`
+export (see `_NO_TIMM_LAYOUT`).
 """
 
-from collections.abc import Iterator, Sequence
-from typing import ClassVar
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -27,6 +31,7 @@ from ..layers import (
 from ._alexnet import PooledMLPTrunk, trunk_feature_info
 from ._base import FeatureInfo
 from ._mobilenetv2 import _keys
+from ._timm import timm_checkpoint
 
 # torchvision's `cfgs`: output channels of each 3x3 convolution, "M" a 2x2 max-pool.
 CFGS: dict[str, tuple[int | str, ...]] = {
@@ -129,6 +134,89 @@ def _vgg(cfg: str, batch_norm: bool, key: PRNGKeyArray | None, kwargs) -> VGG:
     return VGG(CFGS[cfg], batch_norm, key=jax.random.key(0) if key is None else key, **kwargs)
 
 
+# timm's VGG head (`timm.models.vgg`): `pre_logits.fc1` a 7x7 convolution (torchvision's
+# `classifier.0`, its (4096, C * 49) weight reshaped as `flatten` orders it), `pre_logits.fc2`
+# a 1x1 one (`classifier.3`), then global average pooling and `head.fc` (`classifier.6`);
+# `features` is torchvision's, index by index.
+_TIMM_HEAD = {
+    "pre_logits.fc1": "classifier.0",
+    "pre_logits.fc2": "classifier.3",
+    "head.fc": "classifier.6",
+}
+_TIMM_KEY = re.compile(
+    r"(?P<features>features\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))"
+    r"|(?P<head>pre_logits\.fc[12]|head\.fc)\.(?P<p>weight|bias)"
+)
+_TV_KEY = re.compile(
+    r"(?P<features>features\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))"
+    r"|(?P<head>classifier\.[036])\.(?P<p>weight|bias)"
+)
+
+
+def _rename(
+    state_dict: Mapping[str, Any], pattern: re.Pattern, head: dict[str, str], what: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        m = pattern.fullmatch(key)
+        if m is None:
+            unknown.append(key)
+        elif m["features"] is not None:
+            out[key] = value
+        else:
+            out[f"{head[m['head']]}.{m['p']}"] = value
+    if unknown:
+        more = " ..." if len(unknown) > 5 else ""
+        raise ValueError(f"not a {what}: no place for {', '.join(unknown[:5])}{more}")
+    return out
+
+
+def timm_vgg_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A timm VGG state_dict (`timm.create_model("vgg16")`'s, any of the eight) under
+    torchvision's keys, in the same order: `pre_logits.fc1`'s (4096, C, 7, 7) convolution
+    weight becomes `classifier.0`'s (4096, C * 49) `Linear` weight, `pre_logits.fc2`'s
+    (4096, 4096, 1, 1) becomes `classifier.3`'s (4096, 4096), `head.fc` `classifier.6`; the
+    values are the same numbers (tensors or NumPy arrays, reshaped).
+
+    **Raises:** `ValueError` for a key torchvision's VGG has no place for.
+    """
+    out = _rename(
+        state_dict, _TIMM_KEY, _TIMM_HEAD, "timm VGG state_dict torchvision's VGG can hold"
+    )
+    for key in ("classifier.0.weight", "classifier.3.weight"):
+        if key in out:
+            out[key] = out[key].reshape(out[key].shape[0], -1)
+    return out
+
+
+def torchvision_vgg_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `timm_vgg_to_torchvision`: a torchvision VGG state_dict under timm's
+    keys and shapes, in the same order (for timm's VGG; no export writes it, see
+    `_NO_TIMM_LAYOUT`).
+
+    **Raises:** `ValueError` for a key timm's VGG has no place for.
+    """
+    head = {v: k for k, v in _TIMM_HEAD.items()}
+    out = _rename(state_dict, _TV_KEY, head, "torchvision VGG state_dict timm's VGG can hold")
+    for key, kernel in (("pre_logits.fc1.weight", 7), ("pre_logits.fc2.weight", 1)):
+        if key in out:
+            out[key] = out[key].reshape(out[key].shape[0], -1, kernel, kernel)
+    return out
+
+
+# timm's VGG is torchvision's function only where the last feature map is at most 7x7
+# (inputs up to 255 pixels a side): there torchvision's AdaptiveAvgPool2d(7) and timm's
+# (which pools a smaller map up to 7x7) agree, and the 7x7 `fc1` sees the whole map. On a
+# larger map timm slides `fc1` over it and averages the MLP's outputs, where torchvision
+# averages the map down to 7x7 first: other logits (tests/test_timm_convnets.py measures
+# both). A VGG takes any size, so a `layout="timm"` export would silently change the
+# function for large inputs: none is registered (`save_pretrained` refuses it); timm's
+# checkpoints load into torchvision's names exactly.
+_NO_TIMM_LAYOUT = {
+    "checkpoint_adapter": timm_checkpoint("pre_logits.fc1.weight", timm_vgg_to_torchvision)
+}
+
 # 133M to 144M parameters each, 103M of them in the first classifier Linear: vgg11 alone
 # runs in the default test run. 65x33 leaves a 2x1 map for the (7, 7) pool (32 is the
 # smallest size: five 2x2 pools); at 33x33, where the map is 1x1, XLA:CPU's YNN fusion takes
@@ -144,7 +232,7 @@ _TEST = {
     "hub_large": True,
 }
 _SLOW = _TEST | {"slow": True}
-_CFG = {"torch_builder": "torchvision"}
+_CFG = {"torch_builder": "torchvision", **_NO_TIMM_LAYOUT}
 
 
 @register(VGG, torchvision_weights="VGG11_Weights", test_cfg=_TEST, **_CFG)
