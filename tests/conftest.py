@@ -333,15 +333,20 @@ def eval_logits(model, x):
     return zoo.eval_mode(model)(x)[0]
 
 
-def assert_deep_parity(reference, model, x: torch.Tensor, label: str) -> None:
+def assert_deep_parity(reference, model, x: torch.Tensor, label: str, fp32=None) -> None:
     """Eval logits against torch's: in float64 <= 1e-10 (the same computation), and in fp32
-    against torch's fp64 result within twice torch's own fp32 error, or 1e-5 if smaller."""
+    against torch's fp64 result within twice torch's own fp32 error, or 1e-5 if smaller.
+    `fp32`: what computes the fp32 logits from a NumPy batch (the model's JAX face, say),
+    instead of the model under `eqx.filter_jit`."""
     reference = reference.eval()
     with torch.no_grad():
         ref32 = reference(x).numpy()
         ref64 = reference.double()(x.double()).numpy()
     reference.float()
-    ours32 = np.asarray(eval_logits(model, jnp.asarray(x.numpy())))
+    if fp32 is None:
+        ours32 = np.asarray(eval_logits(model, jnp.asarray(x.numpy())))
+    else:
+        ours32 = np.asarray(fp32(x.numpy()))
     with jax.enable_x64(True):
         ours64 = np.asarray(eval_logits(to_float64(model), jnp.asarray(x.double().numpy())))
     torch_fp32_error = float(np.abs(ref32 - ref64).max())

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import equinox as eqx
 import huggingface_hub
 import pytest
 import safetensors.torch
@@ -132,9 +133,7 @@ def test_exported_weights_load_in_timm(exported, r18, images):
     assert max_abs_diff(theirs32, r18(x.numpy())) <= 2e-5
 
 
-def test_timm_reads_a_torchvision_layout_export_only_where_it_is_timms_network(
-    exported, tmp_path
-):
+def test_timm_reads_a_torchvision_layout_export_only_where_it_is_timms_network(exported, tmp_path):
     """timm builds a torchvision-layout export by its `architecture`: a ResNet's is timm's
     `resnet18` (the same keys and network; `timm.create_model("local-dir:...")` reads it),
     while an Inception v3 with `transform_input` (timm has no such step: its `inception_v3`
@@ -150,6 +149,30 @@ def test_timm_reads_a_torchvision_layout_export_only_where_it_is_timms_network(
     with pytest.raises(RuntimeError, match=r"Unknown model \(inception_v3-torchvision-layout"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert zoo.load(f"local-dir:{folder}", framework="equinox").transform_input
+
+
+def test_options_that_keep_every_shape_survive_the_export(tmp_path, images):
+    """A dilation changes no weight's shape, so a checkpoint cannot tell it: the export
+    records it (`config_kwargs`), `zoo.load` rebuilds it, and the card's torchvision code
+    builds it too (MobileNet V3's `dilated`; ResNet's `replace_stride_with_dilation`)."""
+    torch.manual_seed(0)
+    reference = randomize_batchnorm(
+        torchvision.models.mobilenet_v3_small(num_classes=3, dilated=True)
+    ).eval()
+    face = zoo.load("mobilenet_v3_small", weights=reference.state_dict(), dilated=True)
+    folder = zoo.save_pretrained(face, tmp_path / "dilated")
+    assert json.loads((folder / "config.json").read_text())["zoo"]["kwargs"]["dilated"] is True
+    assert "dilated=True" in (folder / "README.md").read_text()
+    back = zoo.load(f"local-dir:{folder}")
+    x = images(2, 3, 48, 48, seed=2)
+    with torch.no_grad():
+        expected = reference(x)
+    assert max_abs_diff(back(x.numpy()), expected) <= 1e-5
+    dilated = [False, True, True]
+    resnet = eqx.filter_eval_shape(
+        lambda: zoo.load("resnet50", framework="equinox", replace_stride_with_dilation=dilated)
+    )
+    assert resnet.config_kwargs() == {"replace_stride_with_dilation": dilated}
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])

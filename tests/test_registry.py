@@ -131,8 +131,10 @@ def test_every_model_declares_its_facts():
 # -- parity -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", DEFAULT)
 def test_eval_parity(name):
+    """The model in float64, and its JAX face (the jitted function users call) in fp32."""
     reference, model = reference_pair(name)
-    assert_deep_parity(reference, model, sample_input(name), name)
+    jax_face = zoo.JaxModel(model, name=name)
+    assert_deep_parity(reference, model, sample_input(name), name, fp32=jax_face)
 
 
 @pytest.mark.large
@@ -220,18 +222,17 @@ def assert_close_in_chunks(actual, expected: np.ndarray, *, rtol: float, atol: f
 # -- faces --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", DEFAULT)
 def test_both_faces_compute_torchvisions_logits(name):
-    """Each face against torchvision's float64 logits, within twice torchvision's own fp32
-    error (the Equinox model's own parity is `test_eval_parity`'s; one compile fewer than
-    comparing the faces with it)."""
+    """The torch face against torchvision's float64 logits, within twice torchvision's own
+    fp32 error (the JAX face's fp32 logits are `test_eval_parity`'s, one compile fewer), and
+    both faces' contract."""
     reference, model = reference_pair(name)
     x = sample_input(name)
     ref32, expected = torch_logits(reference, x)
     jax_face = zoo.JaxModel(model, name=name)
     torch_face = zoo.TorchModel(model, name=name)
-    # The JAX face reads HWIO kernels and the torch face compiles with zoo.jit's options:
-    # both may reorder a convolution's sums, which deep nets amplify as torch's fp32 does.
+    # The torch face compiles with zoo.jit's options: it may reorder a convolution's sums,
+    # which deep nets amplify as torch's fp32 does.
     tol = max(1e-5, 2 * float((ref32.double() - expected).abs().max()))
-    assert max_abs_diff(jax_face(x.numpy()), expected) <= tol
     # The torch face is the twin's own module tree, in train mode as torch builds models.
     assert isinstance(torch_face, type(reference)) and torch_face.training
     assert (

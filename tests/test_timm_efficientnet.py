@@ -145,3 +145,22 @@ def test_mnasnet_1_3_has_no_timm_layout(tmp_path):
     model = zoo.load("mnasnet1_3", framework="equinox", num_classes=4)
     with pytest.raises(ValueError, match="'mnasnet1_3' has no timm layout"):
         zoo.save_pretrained(model, tmp_path / "x", name="mnasnet1_3", layout="timm")
+
+
+def test_a_timm_checkpoint_of_other_batchnorm_eps_warns_and_the_zoos_export_does_not(tmp_path):
+    """timm builds `mobilenetv3_small_100` with BatchNorm eps 1e-5 unless asked for
+    torchvision's 1e-3: its checkpoint loads into torchvision's network with a
+    `TimmCheckpointWarning` (the file cannot say which it was trained as); MobileNet V2's
+    eps is timm's default, and the zoo's own `layout="timm"` export records `bn_eps`, so
+    neither warns."""
+    import warnings
+
+    theirs = timm.create_model("mobilenetv3_small_100", num_classes=5)
+    with pytest.warns(zoo.models.TimmCheckpointWarning, match=r"bn_eps=0\.001"):
+        face = zoo.load("mobilenet_v3_small", weights=theirs.state_dict())
+    folder = zoo.save_pretrained(face, tmp_path / "v3", layout="timm")
+    v2 = timm.create_model("mobilenetv2_100", num_classes=5).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", zoo.models.TimmCheckpointWarning)
+        zoo.load(f"local-dir:{folder}")
+        zoo.load("mobilenet_v2", weights=v2)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import stat
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import weights_convert as wc
 
 from .._registry import ModelInfo, get_model_info
 from .._sources import WeightsError, parse_weights, read_bytes
+from ..models._timm import TimmCheckpointWarning
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -668,7 +670,10 @@ def load_export(
     options = {k: v for k, v in load_kwargs.items() if k not in _load.LOAD_OPTIONS}
     model_options = build_kwargs(config) | options | explicit
     if info.checkpoint_adapter is not None:  # timm's keys (a layout="timm" export) and the like
-        state_dict = info.checkpoint_adapter(state_dict, model_options)
+        with warnings.catch_warnings():
+            if config.get("zoo", {}).get("layout") == "timm":  # the zoo's: torchvision's network
+                warnings.simplefilter("ignore", TimmCheckpointWarning)
+            state_dict = info.checkpoint_adapter(state_dict, model_options)
     _check_counts(config, state_dict, info, files, explicit)
     _check_shapes_before_building(info, model_options, state_dict, files, explicit, strict)
     try:

@@ -17,6 +17,7 @@ from ._convnext import (
     convnext_small as convnext_small,
     convnext_tiny as convnext_tiny,
     timm_convnext_to_torchvision as timm_convnext_to_torchvision,
+    torchvision_convnext_to_timm as torchvision_convnext_to_timm,
 )
 from ._densenet import (
     DenseNet as DenseNet,
@@ -81,6 +82,8 @@ from ._regnet import (
     regnet_y_128gf as regnet_y_128gf,
     regnet_y_400mf as regnet_y_400mf,
     regnet_y_800mf as regnet_y_800mf,
+    timm_regnet_to_torchvision as timm_regnet_to_torchvision,
+    torchvision_regnet_to_timm as torchvision_regnet_to_timm,
 )
 from ._resnet import (
     BasicBlock as BasicBlock,
@@ -118,9 +121,14 @@ from ._swin import (
     swin_v2_b as swin_v2_b,
     swin_v2_s as swin_v2_s,
     swin_v2_t as swin_v2_t,
+    timm_swin_to_torchvision as timm_swin_to_torchvision,
+    torchvision_swin_to_timm as torchvision_swin_to_timm,
 )
+from ._timm import TimmCheckpointWarning as TimmCheckpointWarning
 from ._vgg import (
     VGG as VGG,
+    timm_vgg_to_torchvision as timm_vgg_to_torchvision,
+    torchvision_vgg_to_timm as torchvision_vgg_to_timm,
     vgg11 as vgg11,
     vgg11_bn as vgg11_bn,
     vgg13 as vgg13,

@@ -10,19 +10,16 @@ dropout and stochastic depth as timm's `bn_eps`, `bn_momentum`, `drop_rate`, `dr
 """
 
 import dataclasses
-import functools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Self
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._registry import register
 from ..layers import (
-    Conv2d,
     Dropout,
     Layer,
     Linear,
@@ -49,82 +46,6 @@ from ._mobilenetv2 import (
     timm_block_names,
     timm_builder_interop,
 )
-
-
-@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4))
-def _depthwise_taps(
-    x: Array,
-    weight: Float[Array, "channels 1 kernel_h kernel_w"],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    channels_last: bool,
-) -> Array:
-    """A depthwise convolution as the sum over the kernel's taps of the padded input,
-    shifted and scaled per channel; taps that only ever see padding are left out.
-    `jax.checkpoint`: `jax.vjp` keeps the input only (as for a convolution), not one shifted
-    copy per tap, and the backward recomputes the cheap shifts."""
-    axes = (1, 2) if channels_last else (2, 3)
-    pads = [(0, 0)] * 4
-    for axis, p in zip(axes, padding, strict=True):
-        pads[axis] = (p, p)
-    # Sums in float32 at least, as a convolution accumulates (bfloat16 inputs).
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-    xp, weight = jnp.pad(x.astype(acc), pads), weight.astype(acc)
-    # Per spatial axis: the output size and the taps that see some of the input.
-    outs, taps = [], []
-    for axis, k, st, p in zip(axes, weight.shape[2:], stride, padding, strict=True):
-        size = x.shape[axis]
-        out = (size + 2 * p - k) // st + 1
-        outs.append(out)
-        taps.append([t for t in range(k) if any(p <= t + st * o < p + size for o in range(out))])
-    scale_shape = [1] * 4
-    scale_shape[3 if channels_last else 1] = weight.shape[0]
-    y = None
-    for i in taps[0]:
-        for j in taps[1]:
-            start, limit, strides = [0] * 4, list(xp.shape), [1] * 4
-            for axis, t, st, out in zip(axes, (i, j), stride, outs, strict=True):
-                start[axis], limit[axis], strides[axis] = t, t + st * (out - 1) + 1, st
-            shifted = jax.lax.slice(xp, start, limit, strides)
-            term = shifted * weight[:, 0, i, j].reshape(scale_shape)
-            y = term if y is None else y + term
-    return y.astype(x.dtype)
-
-
-class DepthwiseConv2d(Conv2d):
-    """A depthwise `Conv2d` (`groups == in_channels == out_channels`; torch's parameters and
-    results). Where JAX's default backend is the CPU it sums shifted, per-channel-scaled
-    copies of the input instead of XLA's grouped convolution, which XLA:CPU runs in a
-    generic loop: on MBConv's depthwise shapes the taps are 4-14x faster forward and 3-10x
-    with gradients in float32, 100x and more in float64. The sums run in another order (in
-    float32 at least), so results differ from XLA's and torch's by rounding.
-
-    **Arguments:**
-
-    - `conv`: the depthwise `Conv2d` whose fields (weights included) it takes.
-    """
-
-    def __init__(self, conv: Conv2d):
-        if not conv.groups == conv.in_channels == conv.out_channels:
-            raise ValueError(
-                f"DepthwiseConv2d needs groups == in_channels == out_channels, got "
-                f"{conv.groups}, {conv.in_channels}, {conv.out_channels}"
-            )
-        for field in dataclasses.fields(Conv2d):
-            setattr(self, field.name, getattr(conv, field.name))
-
-    def __call__(
-        self, x: Float[Array, "batch channels height width"], *, channels_last: bool = False
-    ) -> Float[Array, "batch channels out_height out_width"]:
-        # Elsewhere XLA's grouped convolution has library kernels (cuDNN's on GPUs).
-        if self.dilation != (1, 1) or jax.default_backend() != "cpu":
-            return super().__call__(x, channels_last=channels_last)
-        weight = self.weight.astype(x.dtype)
-        y = _depthwise_taps(x, weight, self.stride, self.padding, channels_last)
-        if self.bias is not None:
-            bias = self.bias.astype(y.dtype)
-            y = y + (bias if channels_last else bias[:, None, None])
-        return y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +119,7 @@ def _residual(
 
 class MBConv(Layer):
     """torchvision's `MBConv`: 1x1 expansion (absent where it would not widen), depthwise
-    convolution (a `DepthwiseConv2d`), squeeze-excitation (SiLU, sigmoid gate), linear 1x1
+    convolution, squeeze-excitation (SiLU, sigmoid gate), linear 1x1
     projection; the shortcut with stochastic depth where shapes allow.
 
     **Arguments:**
@@ -230,11 +151,12 @@ class MBConv(Layer):
             layers.append(
                 conv_norm_activation(keys, cnf.input_channels, expanded, 1, activation=SiLU, **bn)
             )
-        conv, *norm_act = conv_norm_activation(
-            keys, expanded, expanded, cnf.kernel, cnf.stride, groups=expanded,
-            activation=SiLU, **bn,
+        layers.append(
+            conv_norm_activation(
+                keys, expanded, expanded, cnf.kernel, cnf.stride, groups=expanded,
+                activation=SiLU, **bn,
+            )
         )  # fmt: skip
-        layers.append((DepthwiseConv2d(conv), *norm_act))
         # The squeeze width follows the block's input, not its expansion (as torchvision).
         squeeze = max(1, cnf.input_channels // 4)
         layers.append(SqueezeExcitation(expanded, squeeze, activation=SiLU, keys=keys))

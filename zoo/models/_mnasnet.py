@@ -30,6 +30,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._registry import _torchvision_builder, register
 from ..layers import (
     BatchNorm2d,
+    Conv2d,
     Dropout,
     Layer,
     Linear,
@@ -47,7 +48,6 @@ from ._base import (
     run_stages,
     stage_ends,
 )
-from ._efficientnet import DepthwiseConv2d
 from ._mobilenetv2 import _keys, timm_block_names, timm_builder_interop
 
 if TYPE_CHECKING:
@@ -61,18 +61,15 @@ def _bn(channels: int, momentum: float) -> BatchNorm2d:
     return BatchNorm2d(channels, momentum=momentum)
 
 
-def _depthwise(
-    keys: Iterator[PRNGKeyArray], channels: int, kernel: int, stride: int
-) -> DepthwiseConv2d:
-    conv = conv2d_kaiming(
+def _depthwise(keys: Iterator[PRNGKeyArray], channels: int, kernel: int, stride: int) -> Conv2d:
+    return conv2d_kaiming(
         keys, channels, channels, kernel, stride, kernel // 2, groups=channels, bias=False
     )
-    return DepthwiseConv2d(conv)
 
 
 class InvertedResidual(Layer):
-    """torchvision's MNASNet `_InvertedResidual`: 1x1 expansion, depthwise convolution (a
-    `DepthwiseConv2d`), linear 1x1 projection, each with BatchNorm; the input added where
+    """torchvision's MNASNet `_InvertedResidual`: 1x1 expansion, depthwise convolution,
+    linear 1x1 projection, each with BatchNorm; the input added where
     shapes allow (`apply_residual`).
 
     **Arguments:**

@@ -30,7 +30,7 @@ from ..layers import (
     zeros,
 )
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
-from ._timm import timm_interop
+from ._timm import timm_interop, warn_timm_defaults_differ
 
 
 def _keys(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
@@ -166,9 +166,10 @@ def timm_builder_interop(
 
     The adapter renames keys; the BatchNorm options are the torchvision network's. A
     checkpoint of timm's model built with timm's defaults (eps 1e-5: its own
-    `mobilenetv3_*_100` and `efficientnet_b5` weights, where torchvision's eps is 1e-3), or
-    of a `tf_*` port (the same keys; TensorFlow's "same" padding), loads but computes
-    slightly other logits than in timm.
+    `mobilenetv3_*_100` and `efficientnet_b5` weights, where torchvision's eps is 1e-3)
+    loads with a `TimmCheckpointWarning`, and computes other logits than in timm; one of a
+    `tf_*` port (the same keys; TensorFlow's "same" padding) loads and computes other
+    logits too (nothing in the file tells it apart).
     """
     inverse = {v: k for k, v in names.items()}
     to_conv = {m: (lambda w: w.reshape(*w.shape, 1, 1)) for m in linear_as_conv}
@@ -181,7 +182,10 @@ def timm_builder_interop(
 
     def to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         error = f"not a timm {architecture} state_dict torchvision's network can hold"
-        return _rename(state_dict, inverse, to_linear, error)
+        renamed = _rename(state_dict, inverse, to_linear, error)
+        if "bn_eps" in fixed:  # the one option that changes eval logits
+            warn_timm_defaults_differ(architecture, {"bn_eps": fixed["bn_eps"]})
+        return renamed
 
     def model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
         args = dict(fixed)

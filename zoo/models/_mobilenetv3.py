@@ -19,6 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._registry import register
 from ..layers import (
+    Conv2d,
     Dropout,
     Hardsigmoid,
     Hardswish,
@@ -228,8 +229,11 @@ class MobileNetV3(ZooModel):
     def head_hidden_size(self) -> int:
         return int(self.classifier[0].out_features)
 
-    def config_kwargs(self) -> dict[str, float]:
-        return {"dropout": float(self.classifier[2].p)}
+    def config_kwargs(self) -> dict[str, Any]:
+        # `dilated` keeps every shape, so a checkpoint cannot tell it: recorded.
+        convs = jax.tree.leaves(self.features, is_leaf=lambda x: isinstance(x, Conv2d))
+        dilated = any(isinstance(c, Conv2d) and c.dilation != (1, 1) for c in convs)
+        return {"dropout": float(self.classifier[2].p)} | ({"dilated": True} if dilated else {})
 
     def _forward_stages(
         self, x: Float[Array, "batch height width channels"], *, depth: int, key=None

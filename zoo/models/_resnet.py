@@ -5,8 +5,9 @@ weight conversion is a rename. A call returns `(logits, model)`: the model carri
 BatchNorm buffers in train mode and is returned unchanged in eval mode.
 """
 
+import itertools
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import equinox as eqx
 import jax
@@ -321,6 +322,14 @@ class ResNet(ZooModel):
             reduction *= 1 if (i == 0 or dilate) else 2
             info.append(FeatureInfo(planes * block.expansion, reduction, f"layer{i + 1}"))
         self.feature_info = tuple(info)
+
+    def config_kwargs(self) -> dict[str, Any]:
+        # A dilation keeps every shape, so a checkpoint cannot tell it: recorded (a layer is
+        # dilated where its last block's 3x3 dilates more than the layer before's).
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        dilations = [layer[-1].conv2.dilation[0] for layer in layers]
+        dilated = [b > a for a, b in itertools.pairwise(dilations)]
+        return {"replace_stride_with_dilation": dilated} if any(dilated) else {}
 
     def _forward_stages(
         self, x: Float[Array, "batch height width channels"], *, depth: int, key=None

@@ -9,12 +9,38 @@ key) and `to_torchvision(state_dict) -> state_dict` (the inverse), and registers
     @register(..., **timm_interop("convnext_tiny", to_timm, to_torchvision, marker="stem.0.weight"))
 """
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._registry import CheckpointHook, TimmLayout
 
 StateDict = dict[str, Any]
+
+
+class TimmCheckpointWarning(UserWarning):
+    """A timm checkpoint was loaded into torchvision's network where timm's model of that
+    name is built differently by default (BatchNorm eps): weights trained in timm with its
+    defaults compute other logits here. The zoo's own `layout="timm"` exports record the
+    options they need and load without it."""
+
+
+def warn_timm_defaults_differ(architecture: str, differences: Mapping[str, Any]) -> None:
+    """Warn (`TimmCheckpointWarning`) that timm builds `architecture` with other
+    `create_model` options than torchvision's network (`differences`: timm's argument ->
+    torchvision's value)."""
+    options = ", ".join(f"{k}={v!r}" for k, v in differences.items())
+    warnings.warn(
+        f"loading a timm {architecture} checkpoint into torchvision's network, which timm "
+        f"builds only when asked ({options}); timm's defaults differ (its own pretrained "
+        f"{architecture} weights were trained with them), so weights trained in timm with "
+        "its defaults compute other logits here. Exports the zoo wrote with layout='timm' "
+        "are torchvision's network.",
+        TimmCheckpointWarning,
+        stacklevel=4,
+    )
+
+
 Rename = Callable[[Mapping[str, Any]], StateDict]
 ModelArgs = Callable[[dict[str, Any]], dict[str, Any]]
 
