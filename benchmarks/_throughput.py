@@ -40,12 +40,21 @@ def _data(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, NUM_CLASSES, batch).astype(np.int64)
 
 
+def _options(model: str) -> dict:
+    """Build options: `num_classes`, and no auxiliary classifiers (GoogLeNet's and Inception
+    v3's: torchvision's train-mode call returns a namedtuple with them, and Inception's needs
+    299x299 inputs), so every row times one network's logits."""
+    import zoo
+
+    return {"num_classes": NUM_CLASSES, **zoo.get_model_info(model).test_cfg.get("no_aux", {})}
+
+
 def _torch_model(model: str) -> torch.nn.Module:
     """The registry's torch twin of `model` (torchvision's model for torchvision's names)."""
     import zoo
 
     torch.manual_seed(0)
-    return zoo.get_model_info(model).torch_builder(num_classes=NUM_CLASSES)
+    return zoo.get_model_info(model).torch_builder(**_options(model))
 
 
 def _torch_steps(
@@ -97,13 +106,13 @@ class Runner:
                     f"asked for {device} but JAX's default backend is {backend}: install "
                     "JAX for the GPU (`pip install -e '.[cuda]'`) or pass --device cpu"
                 )
-            self.eqx_model = zoo.get_model_info(model).builder(num_classes=NUM_CLASSES)
+            self.eqx_model = zoo.get_model_info(model).builder(**_options(model))
         elif framework == "torch_face":
             import zoo
 
             if not hasattr(zoo, "load"):
                 raise NotAvailable("n/a (not yet available: zoo.load is missing)")
-            self.module = zoo.load(model, framework="torch", num_classes=NUM_CLASSES)
+            self.module = zoo.load(model, framework="torch", **_options(model))
         else:
             self.module = _torch_model(model)
             if framework == "channels_last":

@@ -285,6 +285,55 @@ def _grid(rows: list[dict[str, Any]], model: str) -> tuple[list[str], dict]:
     return labels, grid
 
 
+def _sections_markdown(results: dict[str, Any]) -> list[str]:
+    """The compile cache and conversion sections."""
+    out: list[str] = []
+    out += [
+        "## JAX persistent compilation cache (`jax_compilation_cache_dir`)",
+        "",
+        "Two fresh processes share one new cache directory; batch 2. Time to first",
+        "logits counts from the parent's `Popen` (interpreter start and imports included).",
+        "",
+        "| process | model, size | to first logits (s) | imports (s) | zoo.load (s) "
+        "| first forward call (s) | first train-step call (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["compile_cache"]:
+        if "to_first_logits_s" in r:
+            out.append(
+                f"| {r['process']} | {title(r['model'])}, {r['size']}x{r['size']} | "
+                f"{r['to_first_logits_s']:.2f} | "
+                f"{r['imports_s']:.2f} | {r.get('load_s', float('nan')):.2f} | "
+                f"{r['first_forward_call_s']:.2f} | "
+                f"{r['first_train_step_call_s']:.2f} |"
+            )
+        else:
+            out.append(f"| {r['process']} | error: {r.get('reason', '')} | | | | | |")
+    conv = results["conversion"]
+    out += [
+        "",
+        f"## Weight conversion (ResNet18, {conv.get('state_dict_mb', 0):.1f} MB of tensors)",
+        "",
+        "`weights_convert.load_state_dict` (torch -> equinox) and `to_state_dict` (equinox ->",
+        "torch). Peak extra = VmHWM - VmRSS before the call (native memory included); retained",
+        "= RSS growth while the result is alive. Aliased = arrays whose JAX buffer pointer equals",
+        "the tensor's `data_ptr()` (the int64 `num_batches_tracked` counters are always cast).",
+        "",
+        "| direction | copy | median ms [min–max] | peak extra MB | retained MB | aliased |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in conv.get("rows", []):
+        peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
+        out.append(
+            f"| {r['direction']} | {r['copy']} | {r['median_ms']:.1f} "
+            f"[{r['min_ms']:.1f}–{r['max_ms']:.1f}] | {peak} | {r['retained_extra_mb']:.1f} | "
+            f"{r['aliased']}/{r['arrays']} ({100 * r['aliased_share']:.0f}%) |"
+        )
+    if conv.get("status") == "error":
+        out.append(f"\nConversion benchmark failed: {conv['reason']}")
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     out = [
@@ -337,49 +386,8 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append(f"{r['first_call_s']:.2f}" if r and "first_call_s" in r else "–")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
-    out += [
-        "## JAX persistent compilation cache (`jax_compilation_cache_dir`)",
-        "",
-        "Two fresh processes share one new cache directory; batch 2. Time to first",
-        "logits counts from the parent's `Popen` (interpreter start and imports included).",
-        "",
-        "| process | model, size | to first logits (s) | imports (s) | zoo.load (s) "
-        "| first forward call (s) | first train-step call (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results["compile_cache"]:
-        if "to_first_logits_s" in r:
-            out.append(
-                f"| {r['process']} | {title(r['model'])}, {r['size']}x{r['size']} | "
-                f"{r['to_first_logits_s']:.2f} | "
-                f"{r['imports_s']:.2f} | {r.get('load_s', float('nan')):.2f} | "
-                f"{r['first_forward_call_s']:.2f} | "
-                f"{r['first_train_step_call_s']:.2f} |"
-            )
-        else:
-            out.append(f"| {r['process']} | error: {r.get('reason', '')} | | | | | |")
-    conv = results["conversion"]
-    out += [
-        "",
-        f"## Weight conversion (ResNet18, {conv.get('state_dict_mb', 0):.1f} MB of tensors)",
-        "",
-        "`weights_convert.load_state_dict` (torch -> equinox) and `to_state_dict` (equinox ->",
-        "torch). Peak extra = VmHWM - VmRSS before the call (native memory included); retained",
-        "= RSS growth while the result is alive. Aliased = arrays whose JAX buffer pointer equals",
-        "the tensor's `data_ptr()` (the int64 `num_batches_tracked` counters are always cast).",
-        "",
-        "| direction | copy | median ms [min–max] | peak extra MB | retained MB | aliased |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in conv.get("rows", []):
-        peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
-        out.append(
-            f"| {r['direction']} | {r['copy']} | {r['median_ms']:.1f} "
-            f"[{r['min_ms']:.1f}–{r['max_ms']:.1f}] | {peak} | {r['retained_extra_mb']:.1f} | "
-            f"{r['aliased']}/{r['arrays']} ({100 * r['aliased_share']:.0f}%) |"
-        )
-    if conv.get("status") == "error":
-        out.append(f"\nConversion benchmark failed: {conv['reason']}")
+    if "compile_cache" in results:  # not with --throughput-only
+        out += _sections_markdown(results)
     if "lightning_epoch" in results:
         out += ["", lightning_epoch.markdown(results["lightning_epoch"], meta["quick"])]
     if "face_overhead" in results:
@@ -480,7 +488,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", help="comma-separated registered names (default: ResNet18, the CNN, families)"
     )
+    parser.add_argument(
+        "--frameworks", help=f"comma-separated, of {', '.join(FRAMEWORKS)} (default: all)"
+    )
+    parser.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the throughput table (no Lightning epochs, compile cache, conversion, overhead)",
+    )
     opts = parser.parse_args(argv)
+    frameworks = opts.frameworks.split(",") if opts.frameworks else list(FRAMEWORKS)
+    if unknown := set(frameworks) - set(FRAMEWORKS):
+        parser.error(f"unknown --frameworks {sorted(unknown)}; choose from {', '.join(FRAMEWORKS)}")
     opts.device = resolve_device(opts.device)
     opts.dtypes = (
         opts.dtypes.split(",")
@@ -500,31 +519,33 @@ def main(argv: list[str] | None = None) -> None:
     # One process per (model, framework); --quick shares one process per model, to save the
     # ~4 s of imports per process.
     if opts.quick:
-        groups = [(m, list(FRAMEWORKS)) for m in models]
+        groups = [(m, frameworks) for m in models]
     else:
-        groups = [(m, [fw]) for m in models for fw in FRAMEWORKS]
+        groups = [(m, [fw]) for m in models for fw in frameworks]
+    others = not opts.throughput_only
     with ThreadPoolExecutor(opts.jobs) as pool:
         # Lightning epochs first: one process per (model, framework), one after the other, the
         # longest chain of the run; started last, it ran alone at the end of a --jobs 2 run.
-        lightning = pool.submit(lightning_epoch.collect, opts.quick, opts.threads, opts.timeout)
+        if others:
+            lightning = pool.submit(lightning_epoch.collect, opts.quick, opts.threads, opts.timeout)
         futures = [pool.submit(throughput, m, fws, opts) for m, fws in groups]
-        conv = pool.submit(conversion, opts)
-        cache = pool.submit(compile_cache, opts)  # its two processes run one after the other
-        overhead = pool.submit(face_overhead, opts)
+        if others:
+            conv = pool.submit(conversion, opts)
+            cache = pool.submit(compile_cache, opts)  # its two processes run one after another
+            overhead = pool.submit(face_overhead, opts)
         rows = []
         for (m, fws), future in zip(groups, futures, strict=True):
             rows += future.result()
             print(f"done: {m} / {','.join(fws)}", file=sys.stderr, flush=True)
-        conversion_result, cache_rows = conv.result(), cache.result()
     add_ratios(rows)
-    results = {
-        "meta": metadata(opts, time.time() - start),
-        "throughput": rows,
-        "compile_cache": cache_rows,
-        "conversion": conversion_result,
-        "lightning_epoch": lightning.result(),
-        "face_overhead": overhead.result(),
-    }
+    results = {"meta": metadata(opts, time.time() - start), "throughput": rows}
+    if others:
+        results |= {
+            "compile_cache": cache.result(),
+            "conversion": conv.result(),
+            "lightning_epoch": lightning.result(),
+            "face_overhead": overhead.result(),
+        }
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "results.json").write_text(json.dumps(results, indent=1))
     (opts.out / "results.md").write_text(markdown(results))

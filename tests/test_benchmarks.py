@@ -87,6 +87,26 @@ def test_quick_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.slow
+def test_frameworks_and_throughput_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--frameworks` runs those only, `--throughput-only` the throughput table alone (a
+    family sweep); an unknown framework is refused with the list."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import run
+
+    with pytest.raises(SystemExit):
+        run.main(["--frameworks", "jax,nope"])
+    options = ["--quick", "--models=cnn", "--frameworks=eager", "--throughput-only"]
+    run.main([*options, f"--out={tmp_path}", "--timeout=400"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"meta", "throughput"}
+    rows = results["throughput"]
+    assert {(r["framework"], r["mode"]) for r in rows} == {("eager", "eval"), ("eager", "train")}
+    assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in rows)
+    report = (tmp_path / "results.md").read_text()
+    assert "| eval b2 32x32 |" in report and "compilation cache" not in report
+
+
+@pytest.mark.slow
 def test_profile_step_names_the_xla_ops(tmp_path: Path) -> None:
     """`benchmarks.profile_step` at a tiny size: its table lists op kinds with their times."""
     result = subprocess.run(

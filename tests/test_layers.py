@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import in_layout, max_abs_diff
+from conftest import in_layout, max_abs_diff, to_float64
 
 import weights_convert as wc
 from zoo import eval_mode, layers, models
@@ -96,6 +96,51 @@ def test_conv2d_matmul_lowering_matches_torch_with_gradients(
     assert max_abs_diff(x_grad, x.grad) <= TOL
     assert max_abs_diff(conv_grad.weight, torch_conv.weight.grad) <= 1e-4
     assert max_abs_diff(conv_grad.bias, torch_conv.bias.grad) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("channels", "groups", "kernel", "stride", "padding", "size"),
+    [
+        ((6, 6), 6, 3, 1, 1, (5, 7)),  # depthwise (MobileNet): the taps, unrolled
+        ((6, 6), 6, 5, 2, 2, (9, 4)),  # depthwise, stride 2 (EfficientNet's 5x5)
+        ((6, 6), 6, 7, 1, 3, (4, 6)),  # depthwise 7x7 (ConvNeXt): the taps' scan
+        ((6, 6), 6, 3, 1, 1, (1, 1)),  # a 1x1 map: only the centre tap reads data
+        ((6, 6), 6, 1, 2, 1, (1, 1)),  # every output reads padding only
+        ((8, 16), 2, 3, 2, 1, (5, 7)),  # grouped (RegNet, ResNeXt): matmul derivatives
+        ((12, 12), 3, 3, 1, 1, (8, 8)),
+        ((16, 8), 4, 1, 2, 0, (7, 7)),
+    ],
+)
+@LAYOUTS
+def test_depthwise_and_grouped_convolutions_match_torch_in_both_autodiff_modes(
+    channels, groups, kernel, stride, padding, size, channels_last, images
+):
+    """The CPU's own paths for depthwise (shifted taps) and grouped (per-group matmul
+    derivatives) convolutions, in float64 against torch: the forward, the input and weight
+    gradients, and forward mode (a `jax.jvp` is torch's convolution of the tangents)."""
+    cin, cout = channels
+    torch_conv = torch.nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups)
+    conv = layers.Conv2d(cin, cout, kernel, stride, padding, groups=groups, key=jax.random.key(0))
+    conv, _ = wc.load_state_dict(conv, torch_conv.state_dict())
+    torch_conv = torch_conv.double()  # the fp32 weights, exactly
+    x = images(2, cin, *size).double().requires_grad_()
+    ref = torch_conv(x)
+    cotangent = images(*ref.shape, seed=1).double()
+    (ref * cotangent).sum().backward()
+    with jax.enable_x64(True):
+        conv = to_float64(conv)
+        call = eqx.filter_jit(lambda c, x: in_layout(c, channels_last)(x))
+        xj = jnp.asarray(x.detach().numpy())
+        out, vjp = eqx.filter_vjp(call, conv, xj)
+        conv_grad, x_grad = vjp(jnp.asarray(cotangent.numpy()))
+        tangent = images(*x.shape, seed=2).double()
+        _, jvp = jax.jvp(lambda x: call(conv, x), (xj,), (jnp.asarray(tangent.numpy()),))
+        assert max_abs_diff(out, ref) <= 1e-12
+        assert max_abs_diff(x_grad, x.grad) <= 1e-12
+        assert max_abs_diff(conv_grad.weight, torch_conv.weight.grad) <= 1e-12
+        with torch.no_grad():  # linear in x: the tangent's image without the bias
+            expected = torch_conv(tangent) - torch_conv.bias[:, None, None]
+        assert max_abs_diff(jvp, expected) <= 1e-12
 
 
 def test_conv2d_keeps_xla_convolution_where_its_kernel_is_fast():
