@@ -222,7 +222,8 @@ def _digits_32(seed: int = 0):
 
 @pytest.mark.slow
 def test_a_plain_training_loop_teaches_the_cnn_digits():
-    """Adam 2e-3, batch 64, 6 epochs on digits at 32x32, grayscale: >= 0.95 held-out."""
+    """Adam 2e-3, batch 64, 4 epochs on digits at 32x32, grayscale: >= 0.93 held-out (0.95
+    measured; chance is 0.1)."""
     x_train, x_test, y_train, y_test = _digits_32()
     model = zoo.train_mode(zoo.load("cnn", framework="equinox", in_chans=1))
     optimizer = optax.adam(2e-3)
@@ -230,7 +231,7 @@ def test_a_plain_training_loop_teaches_the_cnn_digits():
     rng = np.random.default_rng(0)
     key = jax.random.key(0)
     opt_state = optimizer.init(zoo.trainable(model))
-    for _ in range(6):
+    for _ in range(4):
         order = rng.permutation(len(x_train))
         for start in range(0, len(order), 64):
             batch = order[start : start + 64]
@@ -240,8 +241,8 @@ def test_a_plain_training_loop_teaches_the_cnn_digits():
             model, opt_state, _, _ = step(model, opt_state, x_train[batch], y_train[batch], sub)
     logits = zoo.JaxModel(model, name="cnn")(x_test)
     accuracy = float((np.asarray(logits).argmax(1) == y_test).mean())
-    print(f"cnn held-out accuracy after 6 epochs: {accuracy:.4f}")
-    assert accuracy >= 0.95
+    print(f"cnn held-out accuracy after 4 epochs: {accuracy:.4f}")
+    assert accuracy >= 0.93
 
 
 def test_a_model_put_on_devices_whole_gets_an_error_that_says_why():

@@ -220,7 +220,12 @@ def assert_close_in_chunks(actual, expected: np.ndarray, *, rtol: float, atol: f
 
 
 # -- faces --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", DEFAULT)
+# Shared machinery (both faces, the feature maps), tested on every default model; VGG's
+# (`generic_large`: each compile of its 103M-parameter classifier costs seconds) with -m large.
+GENERIC = _large_if("generic_large")
+
+
+@pytest.mark.parametrize("name", GENERIC)
 def test_both_faces_compute_torchvisions_logits(name):
     """The torch face against torchvision's float64 logits, within twice torchvision's own
     fp32 error (the JAX face's fp32 logits are `test_eval_parity`'s, one compile fewer), and
@@ -332,7 +337,7 @@ def _maps_and_features(model, x):
     return maps, final_and_last_two, model.forward_features(x)[0]
 
 
-@pytest.mark.parametrize("name", DEFAULT)
+@pytest.mark.parametrize("name", GENERIC)
 def test_feature_info_describes_the_maps(name):
     model = zoo.load(name, framework="equinox", **built_for_test(name))
     test_cfg = zoo.get_model_info(name).test_cfg

@@ -63,7 +63,9 @@ class ModelInfo:
       (the float64 train step needs GBs, VGG, or most of a minute to compile, DenseNet and
       GoogLeNet, whose own tests cover train mode by default, and EfficientNet B0 and
       MNASNet 0.5, whose blocks MobileNet V3's and V2's default steps cover: with `-m large`
-      only) and `hub_large` (the Hub round trip writes and reads GBs, VGG: `-m large` only).
+      only), `hub_large` (the Hub round trip writes and reads GBs, VGG: `-m large` only)
+      and `generic_large` (the tests of machinery every model shares, both faces and the
+      feature maps, compile for long, VGG: `-m large` only).
     - `timm_name`: the same architecture's name in timm, under the same state_dict keys
       (feature maps are compared; its `timm_layout` is the state_dict as it is), or `None`.
     - `torchvision_checkpoint`: what torchvision's own builder does when it loads its

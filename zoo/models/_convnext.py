@@ -32,7 +32,7 @@ from ..layers import (
 from ..layers._init import numpy_rng
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
 from ._mobilenetv2 import _keys
-from ._timm import timm_interop
+from ._timm import refuse_unplaced, timm_interop
 
 T = TypeVar("T", Conv2d, Linear)
 
@@ -313,11 +313,7 @@ def timm_convnext_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any
                 out[f"{prefix}.{_TIMM_BLOCK[m['layer']]}.{m['p2']}"] = value
         else:
             out[f"classifier.{0 if m['head'] == 'norm' else 2}.{m['p3']}"] = value
-    if unknown:
-        raise ValueError(
-            f"not a timm ConvNeXt state_dict torchvision's ConvNeXt can hold: no place for "
-            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
-        )
+    refuse_unplaced(unknown, "not a timm ConvNeXt state_dict torchvision's ConvNeXt can hold")
     return out
 
 
@@ -355,11 +351,7 @@ def torchvision_convnext_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any
             out[f"stages.{int(m['f']) // 2}.downsample.{m['n']}.{m['p0']}"] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise ValueError(
-            f"not a torchvision ConvNeXt state_dict timm's ConvNeXt can hold: no place for "
-            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
-        )
+    refuse_unplaced(unknown, "not a torchvision ConvNeXt state_dict timm's ConvNeXt can hold")
     return out
 
 

@@ -30,7 +30,7 @@ from ..layers import (
     zeros,
 )
 from ._base import FeatureInfo, ZooModel, classifier_head, run_stages, stage_ends
-from ._timm import timm_interop, warn_timm_defaults_differ
+from ._timm import refuse_unplaced, timm_interop, warn_timm_defaults_differ
 
 
 def _keys(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
@@ -130,10 +130,7 @@ def _rename(
         if module in reshape and param == "weight" and value is not None:
             value = reshape[module](value)
         out[f"{names[module]}.{param}"] = value
-    if unknown:
-        raise ValueError(
-            f"{error}: no place for {', '.join(unknown[:5])}" + " ..." * (len(unknown) > 5)
-        )
+    refuse_unplaced(unknown, error)
     return out
 
 

@@ -38,7 +38,7 @@ from ..layers import (
 )
 from ._base import FeatureInfo, ZooModel, _is_none
 from ._mobilenetv2 import _keys, classifier_linear, make_divisible
-from ._timm import timm_interop
+from ._timm import refuse_unplaced, timm_interop
 
 # torchvision's `_regnet` default norm layer: `partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1)`.
 _BN = {"eps": 1e-5, "momentum": 0.1}
@@ -408,11 +408,6 @@ _TIMM_KEY = re.compile(
 )
 
 
-def _no_place(what: str, unknown: list[str]) -> ValueError:
-    more = " ..." if len(unknown) > 5 else ""
-    return ValueError(f"not a {what}: no place for {', '.join(unknown[:5])}{more}")
-
-
 def torchvision_regnet_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """A torchvision RegNet state_dict under timm's `RegNet` keys (`stem.conv`,
     `s{S}.b{B+1}.{conv1, conv2, se, conv3, downsample}`, `head.fc`), key by key, values
@@ -433,8 +428,7 @@ def torchvision_regnet_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             out[f"{block}.{_TIMM_BLOCK[m['layer']]}.{m['p1']}"] = value
         else:
             out[f"head.fc.{m['p2']}"] = value
-    if unknown:
-        raise _no_place("torchvision RegNet state_dict timm's RegNet can hold", unknown)
+    refuse_unplaced(unknown, "not a torchvision RegNet state_dict timm's RegNet can hold")
     return out
 
 
@@ -460,8 +454,7 @@ def timm_regnet_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             out[f"{prefix}.{block[m['layer']]}.{m['p1']}"] = value
         else:
             out[f"fc.{m['p2']}"] = value
-    if unknown:
-        raise _no_place("timm RegNet state_dict torchvision's RegNet can hold", unknown)
+    refuse_unplaced(unknown, "not a timm RegNet state_dict torchvision's RegNet can hold")
     return out
 
 

@@ -50,7 +50,7 @@ from ..layers._norm import statistic_value
 from ._base import FeatureInfo, ZooModel, run_stages
 from ._convnext import _init_weights, trunc_normal
 from ._mobilenetv2 import _keys
-from ._timm import timm_interop
+from ._timm import refuse_unplaced, timm_interop
 
 if TYPE_CHECKING:
     import torch
@@ -728,13 +728,6 @@ _TV_SWIN_BLOCK_ORDER = (
 _TV_SWIN_MERGE_ORDER = ("reduction.weight", "norm.weight", "norm.bias")
 
 
-def _refuse(unknown: list[str], what: str) -> None:
-    if unknown:
-        raise ValueError(
-            f"{what}: no place for {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
-        )
-
-
 def _copy(value: Any) -> Any:
     """A slice as its own tensor or array (safetensors refuses tensors sharing memory)."""
     return value.clone() if hasattr(value, "clone") else np.array(value, copy=True)
@@ -800,7 +793,7 @@ def torchvision_swin_to_timm(state_dict: Mapping[str, Any], *, v2: bool = False)
             out[f"layers.{int(m['f']) // 2}.downsample.{m['merge']}"] = value
         else:
             unknown.append(key)
-    _refuse(unknown, "not a torchvision Swin state_dict timm's Swin can hold")
+    refuse_unplaced(unknown, "not a torchvision Swin state_dict timm's Swin can hold")
     return out
 
 
@@ -891,7 +884,7 @@ def timm_swin_to_torchvision(
             if rest.startswith("mlp."):  # mlp.fc1, mlp.fc2 (not cpb_mlp's)
                 rest = f"mlp.{0 if rest[6] == '1' else 3}{rest[7:]}"
             out[f"{prefix}.{rest}"] = value
-    _refuse(unknown, "not a timm Swin state_dict torchvision's Swin can hold")
+    refuse_unplaced(unknown, "not a timm Swin state_dict torchvision's Swin can hold")
     for prefix, entries in attention.items():
         like = next(iter(entries.values()))
         if ("q_bias" in entries) != ("v_bias" in entries):

@@ -45,6 +45,14 @@ Rename = Callable[[Mapping[str, Any]], StateDict]
 ModelArgs = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def refuse_unplaced(unknown: list[str], what: str) -> None:
+    """Raise `ValueError` naming (the first five of) the `unknown` keys a key map found no
+    place for, after `what` the checkpoint is not; nothing if there are none."""
+    if unknown:
+        more = " ..." if len(unknown) > 5 else ""
+        raise ValueError(f"{what}: no place for {', '.join(unknown[:5])}{more}")
+
+
 def timm_layout(
     architecture: str, to_timm: Rename | None = None, model_args: ModelArgs | None = None
 ) -> TimmLayout:

@@ -49,6 +49,7 @@ from ..layers._flags import inference_flag
 from ._base import FeatureInfo, ZooModel, _normalise_indices
 from ._convnext import trunc_normal
 from ._mobilenetv2 import _keys
+from ._timm import refuse_unplaced
 
 
 def _xavier_uniform(key: PRNGKeyArray, shape: tuple[int, int]) -> Float[Array, "out in"]:
@@ -515,13 +516,6 @@ _TV_KEY = re.compile(
 )
 
 
-def _refuse(unknown: list[str], what: str) -> None:
-    if unknown:
-        raise ValueError(
-            f"{what}: no place for {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
-        )
-
-
 def _in_torchvision_order(state_dict: dict[str, Any]) -> dict[str, Any]:
     """Keys in torchvision's state_dict order: `class_token`, `conv_proj`, the encoder's
     `pos_embedding`, its layers by number, its `ln`, the heads."""
@@ -574,7 +568,7 @@ def timm_vit_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             layer = _TIMM_BLOCK[m["layer"]]
             sep = "" if layer.endswith("_") else "."
             out[f"encoder.layers.encoder_layer_{m['b']}.{layer}{sep}{m['p']}"] = value
-    _refuse(unknown, "not a timm ViT state_dict torchvision's VisionTransformer can hold")
+    refuse_unplaced(unknown, "not a timm ViT state_dict torchvision's VisionTransformer can hold")
     pos = out.get("encoder.pos_embedding")
     if pos is not None:
         length = int(pos.shape[1])
@@ -607,7 +601,7 @@ def torchvision_vit_to_timm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         else:
             layer = m["layer"].removesuffix(".")
             out[f"blocks.{m['b']}.{block[layer]}.{m['p']}"] = value
-    _refuse(unknown, "not a torchvision ViT state_dict timm's VisionTransformer can hold")
+    refuse_unplaced(unknown, "not a torchvision ViT state_dict timm's VisionTransformer can hold")
 
     def rank(key: str) -> tuple:
         if key.startswith("blocks."):
