@@ -28,6 +28,14 @@ def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: in
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _live_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, list[int]]:
+    """Along one axis (undilated): the output size, and the kernel offsets that read some of
+    the input (the others only ever cover padding)."""
+    out = _output_size(size, kernel, stride, padding, 1)
+    reads = lambda t: any(padding <= t + stride * o < padding + size for o in range(out))  # noqa: E731
+    return out, [t for t in range(kernel) if reads(t)]
+
+
 def _height_width(x: Array, channels_last: bool) -> tuple[int, int]:
     return (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
 
@@ -66,27 +74,18 @@ def _conv_as_matmul(
     batch, height, width, channels = x.shape
     out_channels, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
-    out_h = _output_size(height, kh, sh, ph, 1)
-    out_w = _output_size(width, kw, sw, pw, 1)
+    (out_h, rows), (out_w, cols) = _live_taps(height, kh, sh, ph), _live_taps(width, kw, sw, pw)
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    taps, columns = [], []
-    for i in range(kh):
-        rows = range(i, i + sh * (out_h - 1) + 1, sh)
-        if all(r < ph or r >= ph + height for r in rows):
-            continue  # this kernel row only ever covers padding
-        for j in range(kw):
-            cols = range(j, j + sw * (out_w - 1) + 1, sw)
-            if all(c < pw or c >= pw + width for c in cols):
-                continue
-            taps.append((i, j))
-            columns.append(
-                jax.lax.slice(
-                    xp,
-                    (0, i, j, 0),
-                    (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, channels),
-                    (1, sh, sw, 1),
-                )
-            )
+    taps = [(i, j) for i in rows for j in cols]
+    columns = [
+        jax.lax.slice(
+            xp,
+            (0, i, j, 0),
+            (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, channels),
+            (1, sh, sw, 1),
+        )
+        for i, j in taps
+    ]
     if not columns:  # every output reads padding only (a 1x1 kernel, stride > padding)
         return jnp.zeros((batch, out_h, out_w, out_channels), x.dtype)
     # (B, H', W', taps, C): tap-major rows, matching the (taps, C, O) kernel below; with
@@ -139,12 +138,13 @@ def _depthwise_taps(
     acc = jnp.promote_types(x.dtype, jnp.float32)
     xp, weight = jnp.pad(x.astype(acc), pads), weight.astype(acc)
     # Per spatial axis: the output size and the taps that see some of the input.
-    outs, kept = [], []
-    for axis, k, st, p in zip(axes, weight.shape[2:], stride, padding, strict=True):
-        size = x.shape[axis]
-        out = (size + 2 * p - k) // st + 1
-        outs.append(out)
-        kept.append([t for t in range(k) if any(p <= t + st * o < p + size for o in range(out))])
+    outs, kept = zip(
+        *(
+            _live_taps(x.shape[axis], k, st, p)
+            for axis, k, st, p in zip(axes, weight.shape[2:], stride, padding, strict=True)
+        ),
+        strict=True,
+    )
     taps = np.array([(i, j) for i in kept[0] for j in kept[1]], np.int32).reshape(-1, 2)
     scale_shape = [1] * 4
     scale_shape[3 if channels_last else 1] = weight.shape[0]
