@@ -200,7 +200,7 @@ def register_model(
     if timm_name is True:
         timm_name = name
     if timm_layout is None and timm_name is not None:  # timm's keys are torchvision's
-        timm_layout = _same_names(timm_name)
+        timm_layout = timm_layout_from(timm_name)
     info = ModelInfo(
         name,
         builder,
@@ -218,9 +218,21 @@ def register_model(
     return info
 
 
-def _same_names(architecture: str) -> TimmLayout:
-    def layout(state_dict: dict[str, Any], kwargs: dict[str, Any]) -> tuple[str, dict, dict]:
-        return architecture, dict(state_dict), {}
+def timm_layout_from(
+    architecture: str,
+    to_timm: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    model_args: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> TimmLayout:
+    """A `timm_layout`: timm's `architecture`, the state_dict through `to_timm` (as it is
+    where timm's keys are torchvision's: ResNet, DenseNet), and `model_args(kwargs)`, the
+    `timm.create_model` options for the model's `config_kwargs()` (none by default: a
+    family with options timm takes under other names maps them, or refuses them)."""
+
+    def layout(
+        state_dict: dict[str, Any], kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], dict]:
+        args = model_args(dict(kwargs)) if model_args is not None else {}
+        return architecture, dict(state_dict) if to_timm is None else to_timm(state_dict), args
 
     return layout
 

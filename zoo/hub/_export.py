@@ -229,11 +229,11 @@ def torchvision_snippet(config: Mapping[str, Any], path: str = "model.safetensor
     the torch `_metadata` the architecture's loader demands (MNASNet's module version)."""
     name = config["zoo"]["name"]
     options = {"num_classes": config["num_classes"], **config["zoo"]["kwargs"]}
-    metadata = get_model_info(name).model_class.torch_state_dict_metadata
+    model_class = get_model_info(name).model_class
+    metadata = model_class.torch_state_dict_metadata
     lines = ["import safetensors.torch", "import torchvision", ""]
     if metadata is not None:
         lines[:0] = ["from collections import OrderedDict"]
-    model_class = get_model_info(name).model_class
     lines += model_class.torchvision_code(name, options)
     if metadata is None:
         lines.append(f"state_dict = safetensors.torch.load_file({path!r})")

@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._registry import register
+from .._registry import register, timm_layout_from
 from ..layers import AdaptiveAvgPool2d, AvgPool2d, Dropout, Layer, Linear, MaxPool2d
 from ..layers._conv import _height_width
 from ._base import FeatureInfo, _is_none
@@ -33,7 +33,6 @@ from ._googlenet import (
     linear,
 )
 from ._mobilenetv2 import _keys
-from ._timm import timm_layout
 
 # The blocks' `F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)` (torch's defaults:
 # count_include_pad=True, floor mode) and `F.max_pool2d(x, kernel_size=3, stride=2)`.
@@ -495,7 +494,7 @@ def timm_inception_v3_checkpoint(
     torchvision_weights="Inception_V3_Weights",
     torchvision_checkpoint=inception_v3_checkpoint,
     checkpoint_adapter=timm_inception_v3_checkpoint,
-    timm_layout=timm_layout("inception_v3", model_args=_timm_args),
+    timm_layout=timm_layout_from("inception_v3", model_args=_timm_args),
     test_cfg={
         "input_size": (3, 75, 75),
         "slow": True,

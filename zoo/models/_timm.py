@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._registry import CheckpointHook, TimmLayout
+from .._registry import CheckpointHook, timm_layout_from
 
 StateDict = dict[str, Any]
 
@@ -53,21 +53,6 @@ def refuse_unplaced(unknown: list[str], what: str) -> None:
         raise ValueError(f"{what}: no place for {', '.join(unknown[:5])}{more}")
 
 
-def timm_layout(
-    architecture: str, to_timm: Rename | None = None, model_args: ModelArgs | None = None
-) -> TimmLayout:
-    """A `timm_layout`: timm's `architecture`, the state_dict through `to_timm` (as it is
-    where timm's keys are torchvision's: ResNet, DenseNet), and `model_args(kwargs)`, the
-    `timm.create_model` options for the model's `config_kwargs()` (none by default: a
-    family with options timm takes under other names maps them, or refuses them)."""
-
-    def layout(state_dict: StateDict, kwargs: dict[str, Any]) -> tuple[str, StateDict, dict]:
-        args = model_args(dict(kwargs)) if model_args is not None else {}
-        return architecture, dict(state_dict) if to_timm is None else to_timm(state_dict), args
-
-    return layout
-
-
 def timm_checkpoint(marker: str, to_torchvision: Rename) -> CheckpointHook:
     """A `checkpoint_adapter` that renames a timm checkpoint (one holding the key `marker`,
     which torchvision's never holds) to torchvision's keys; other checkpoints pass as they
@@ -90,7 +75,7 @@ def timm_interop(
     """`register`'s keyword arguments for an architecture timm has as `architecture`: its
     `timm_layout`, and (given `to_torchvision` and the `marker` key that tells timm's
     checkpoints apart) its `checkpoint_adapter`."""
-    out: dict[str, Any] = {"timm_layout": timm_layout(architecture, to_timm, model_args)}
+    out: dict[str, Any] = {"timm_layout": timm_layout_from(architecture, to_timm, model_args)}
     if to_torchvision is not None:
         if marker is None:
             raise ValueError("a timm checkpoint adapter needs the marker key that tells it apart")
